@@ -1,0 +1,149 @@
+"""Typed application config: the `applications[].args` block of serve_config.yaml.
+
+`AppConfig.model_validate(args)` runs in `serve_app.app.build_app`, so a typo in serve_config.yaml (or in
+the Helm values that render the same block) fails the deploy instead of being silently ignored. Every
+model forbids unknown keys. Environment variables carry only secrets and endpoints (HF_TOKEN, AWS_*).
+
+This module imports nothing else from serve_app.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """Which SAM 3 checkpoint to load and how."""
+
+    model_id: str = Field(
+        "facebook/sam3",
+        description="Hugging Face Hub id (gated facebook/sam3 needs HF_TOKEN) or a local directory "
+        "in the facebook/sam3 layout, e.g. the tiny checkpoint from `python -m serve_app.devtools.tiny_model`.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); ignored for local dirs.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when the replica has a GPU, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    text_cache_size: int = Field(
+        1024, ge=0, description="Text embeddings kept per replica (LRU, keyed by the prompt text); 0 disables."
+    )
+    local_files_only: bool = Field(
+        False, description="Never contact the Hub (also implied by HF_HUB_OFFLINE=1)."
+    )
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling for one deployment (see Ray Serve's `autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0, description="0 lets the deployment scale to zero when idle.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default min_replicas).")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Per-replica load the autoscaler aims for.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Sustained overload before adding replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Sustained underload before removing replicas.")
+    metrics_interval_s: float = Field(10.0, gt=0, description="How often replicas report load (reaction speed).")
+    look_back_period_s: float = Field(30.0, gt=0, description="Window over which load is averaged.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+
+class ReplicaConfig(StrictModel):
+    """Placement, concurrency and scaling of one Serve deployment."""
+
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count; ignored when `autoscaling` is set.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling instead of a fixed count.")
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
+    num_gpus: float | Literal["auto"] = Field(
+        0, description="GPUs per replica. 'auto' = 1 if the Ray cluster has a GPU when the app is built, "
+        "else 0 (laptops). Set it explicitly on clusters whose GPU pool may scale to zero."
+    )
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' (optional).")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests queued per caller before back-pressure (429); -1 = unbounded."
+    )
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Drain time for in-flight requests.")
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching knobs; live-tunable through Serve `user_config` (no restart)."""
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="Requests merged into one model call.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, le=10, description="How long the first request of a batch waits for company."
+    )
+    max_concurrent_batches: int = Field(1, ge=1, le=8, description="Batches in flight per replica.")
+
+
+def _gpu_replica(**overrides) -> ReplicaConfig:
+    base = dict(num_cpus=1.0, num_gpus="auto", max_ongoing_requests=32, max_queued_requests=128)
+    return ReplicaConfig(**{**base, **overrides})
+
+
+class ConceptConfig(StrictModel):
+    """ConceptSegmenter: SAM 3 text/exemplar concept segmentation (Sam3Model) on GPU replicas."""
+
+    replica: ReplicaConfig = Field(default_factory=_gpu_replica, description="Placement and scaling.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
+    max_pairs_per_forward: int = Field(
+        32, ge=1, description="(image, prompt) pairs per detector forward; bigger batches are chunked."
+    )
+
+    @model_validator(mode="after")
+    def _enough_ongoing(self) -> "ConceptConfig":
+        need = self.batching.max_batch_size * self.batching.max_concurrent_batches
+        if self.replica.max_ongoing_requests < need:
+            raise ValueError(
+                f"concept.replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be >= "
+                f"max_batch_size * max_concurrent_batches ({need}), or batches can never fill"
+            )
+        return self
+
+
+def _ingress_replica() -> ReplicaConfig:
+    return ReplicaConfig(num_cpus=1.0, num_gpus=0, max_ongoing_requests=64, max_queued_requests=256)
+
+
+class IngressConfig(StrictModel):
+    """Sam3Ingress: the FastAPI front door on CPU replicas."""
+
+    replica: ReplicaConfig = Field(default_factory=_ingress_replica, description="Placement and scaling.")
+    model_timeout_s: float = Field(60.0, gt=0, description="Max wait for a model replica's answer (then 504).")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After seconds sent with 429/503.")
+
+
+class LimitsConfig(StrictModel):
+    """Request limits enforced by the ingress before anything reaches a GPU."""
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Upload size limit (413 above).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1024, description="Decoded width*height limit (decompression bombs get 413)."
+    )
+    max_prompts: int = Field(16, ge=1, le=64, description="Prompts per request.")
+    max_text_chars: int = Field(256, ge=1, description="Characters per text prompt.")
+    max_boxes_per_prompt: int = Field(16, ge=1, description="Exemplar boxes per prompt.")
+    max_instances: int = Field(100, ge=1, description="Upper bound and default for `max_instances`.")
+
+
+class AppConfig(StrictModel):
+    """Root of `applications[].args` in serve_config.yaml (and of the Helm chart's `app` values)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Checkpoint and device.")
+    concept: ConceptConfig = Field(default_factory=ConceptConfig, description="Concept segmentation deployment.")
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress deployment.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")

@@ -1,0 +1,84 @@
+"""Error types shared by every layer. Each carries its HTTP status and a stable machine-readable code.
+
+They are raised anywhere (model layer, deployments, ingress) and mapped to HTTP in exactly one place,
+`serve_app.ingress.errors`. They must survive the Ray boundary: Ray re-raises a replica's exception
+in the caller as a RayTaskError that is also an instance of the original class, which needs the
+exception to be picklable from its constructor args, hence `__reduce__`.
+
+This module imports nothing else from serve_app.
+"""
+
+from __future__ import annotations
+
+
+class Sam3Error(Exception):
+    """Base class: `status_code` (HTTP), `code` (stable string), `message` (safe to show a client)."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None, *, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.code, self.retry_after_s))
+
+
+def _rebuild(cls, message, code, retry_after_s):
+    return cls(message, code, retry_after_s=retry_after_s)
+
+
+class InvalidInput(Sam3Error):
+    """The request is well-formed HTTP but its content is wrong (bad prompt, box, threshold...)."""
+
+    status_code = 400
+    code = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    """The bytes are not a decodable image (not an image, truncated, corrupt)."""
+
+    code = "invalid_image"
+
+
+class PayloadTooLarge(Sam3Error):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(Sam3Error):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class NotFound(Sam3Error):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(Sam3Error):
+    status_code = 409
+    code = "conflict"
+
+
+class Overloaded(Sam3Error):
+    """Back-pressure: the service is saturated; the client should retry after `retry_after_s`."""
+
+    status_code = 429
+    code = "overloaded"
+
+
+class Unavailable(Sam3Error):
+    """A dependency (model replicas, storage) is down or warming up; retry after `retry_after_s`."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class Timeout(Sam3Error):
+    status_code = 504
+    code = "timeout"
