@@ -140,6 +140,19 @@ class LimitsConfig(StrictModel):
     max_instances: int = Field(100, ge=1, description="Upper bound and default for `max_instances`.")
 
 
+class StorageConfig(StrictModel):
+    """Where uploads, results, overlays and exports live (see DESIGN.md "Storage layout")."""
+
+    uri: str = Field(
+        "file:///tmp/sam3-serve",
+        description="file:///abs/dir for single-machine development, or s3://bucket/prefix.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, SeaweedFS); None = AWS. Also AWS_ENDPOINT_URL_S3."
+    )
+    region: str | None = Field(None, description="S3 region; None = the standard AWS chain.")
+
+
 class AppConfig(StrictModel):
     """Root of `applications[].args` in serve_config.yaml (and of the Helm chart's `app` values)."""
 
@@ -147,3 +160,4 @@ class AppConfig(StrictModel):
     concept: ConceptConfig = Field(default_factory=ConceptConfig, description="Concept segmentation deployment.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress deployment.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact storage.")
