@@ -69,7 +69,7 @@ class ReplicaConfig(StrictModel):
     autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling instead of a fixed count.")
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
     num_gpus: float | Literal["auto"] = Field(
-        0, description="GPUs per replica. 'auto' = 1 if the Ray cluster has a GPU when the app is built, "
+        0.0, description="GPUs per replica. 'auto' = 1 if the Ray cluster has a GPU when the app is built, "
         "else 0 (laptops). Set it explicitly on clusters whose GPU pool may scale to zero."
     )
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' (optional).")
@@ -87,7 +87,6 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, le=10, description="How long the first request of a batch waits for company."
     )
-    max_concurrent_batches: int = Field(1, ge=1, le=8, description="Batches in flight per replica.")
 
 
 def _gpu_replica(**overrides) -> ReplicaConfig:
@@ -99,14 +98,20 @@ class ConceptConfig(StrictModel):
     """ConceptSegmenter: SAM 3 text/exemplar concept segmentation (Sam3Model) on GPU replicas."""
 
     replica: ReplicaConfig = Field(default_factory=_gpu_replica, description="Placement and scaling.")
-    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Dynamic batching (Serve user_config: changes apply live)."
+    )
+    max_concurrent_batches: int = Field(
+        2, ge=1, le=8, description="Batches in flight per replica (overlaps CPU pre/post with GPU work); "
+        "fixed at replica start."
+    )
     max_pairs_per_forward: int = Field(
         32, ge=1, description="(image, prompt) pairs per detector forward; bigger batches are chunked."
     )
 
     @model_validator(mode="after")
     def _enough_ongoing(self) -> "ConceptConfig":
-        need = self.batching.max_batch_size * self.batching.max_concurrent_batches
+        need = self.batching.max_batch_size * self.max_concurrent_batches
         if self.replica.max_ongoing_requests < need:
             raise ValueError(
                 f"concept.replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be >= "
@@ -116,7 +121,7 @@ class ConceptConfig(StrictModel):
 
 
 def _ingress_replica() -> ReplicaConfig:
-    return ReplicaConfig(num_cpus=1.0, num_gpus=0, max_ongoing_requests=64, max_queued_requests=256)
+    return ReplicaConfig(num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=64, max_queued_requests=256)
 
 
 class IngressConfig(StrictModel):
@@ -141,7 +146,11 @@ class LimitsConfig(StrictModel):
 
 
 class StorageConfig(StrictModel):
-    """Where uploads, results, overlays and exports live (see DESIGN.md "Storage layout")."""
+    """Where uploads, results, overlays and exports live (see DESIGN.md "Storage layout").
+
+    Credentials never appear here: S3 uses the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+    AWS_PROFILE, IRSA web identity, instance metadata).
+    """
 
     uri: str = Field(
         "file:///tmp/sam3-serve",
@@ -151,6 +160,78 @@ class StorageConfig(StrictModel):
         None, description="S3-compatible endpoint (MinIO, SeaweedFS); None = AWS. Also AWS_ENDPOINT_URL_S3."
     )
     region: str | None = Field(None, description="S3 region; None = the standard AWS chain.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 bucket addressing; 'path' for most self-hosted S3-compatible servers."
+    )
+    presign_endpoint_url: str | None = Field(
+        None, description="Endpoint written into presigned S3 URLs when clients reach S3 by another address "
+        "than the service does (e.g. in-cluster MinIO behind a public ingress); None = endpoint_url.",
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of this service as clients see it; presigned URLs of the file:// backend "
+        "point at its /v1/blobs route.",
+    )
+    presign_expiry_s: int = Field(
+        900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned GET/PUT URLs handed to clients."
+    )
+    max_upload_bytes: int = Field(
+        1024**3, ge=1, description="Largest object a presigned PUT (POST /v1/uploads) may write."
+    )
+    allowed_url_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets that s3://bucket/key inputs may read from (besides this store's); empty = none.",
+    )
+    default_tenant: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Tenant whose key prefix t/{tenant}/ is used until authentication assigns tenants.",
+    )
+    connect_timeout_s: float = Field(3.0, gt=0, description="Per-attempt timeout to connect to storage.")
+    read_timeout_s: float = Field(15.0, gt=0, description="Per-attempt timeout waiting for storage to answer.")
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Attempts per storage call (botocore adaptive retry mode), first included."
+    )
+    max_pool_connections: int = Field(
+        64, ge=1, description="HTTP connections kept per S3 client; size it to the replica's concurrency."
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent when storage is unavailable (503).")
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> "StorageConfig":
+        if self.uri.startswith("s3://"):
+            if not self.uri[len("s3://"):].split("/", 1)[0]:
+                raise ValueError("storage.uri s3://bucket/prefix needs a bucket")
+        elif not self.uri.startswith("file:///"):
+            raise ValueError("storage.uri must be file:///absolute/dir or s3://bucket/prefix")
+        return self
+
+
+class JobsConfig(StrictModel):
+    """Asynchronous jobs (POST /v1/jobs): leases, heartbeats, retries and recovery.
+
+    A running job holds a lease of `lease_s` renewed every `heartbeat_interval_s`; a job whose lease expired
+    (its replica died) is re-dispatched by any replica's recovery loop, at most `max_attempts` runs in all.
+    """
+
+    lease_s: float = Field(30.0, gt=0, description="How long a claim stays valid without a heartbeat.")
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="How often a running job renews its lease; must be < lease_s (lease_s/3 is good)."
+    )
+    max_attempts: int = Field(3, ge=1, le=20, description="Runs per job before it is failed for good.")
+    recovery_interval_s: float = Field(
+        10.0, gt=0, description="How often each worker looks for expired leases and stranded queued jobs."
+    )
+    queued_pickup_timeout_s: float = Field(
+        30.0, gt=0, description="A queued job nobody claimed for this long is re-dispatched by recovery "
+        "(also the delay before a retryable failure runs again).",
+    )
+    max_concurrent_jobs: int = Field(2, ge=1, description="Jobs one worker replica runs at once.")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "JobsConfig":
+        if self.heartbeat_interval_s >= self.lease_s:
+            raise ValueError("jobs.heartbeat_interval_s must be < jobs.lease_s")
+        return self
 
 
 class AppConfig(StrictModel):
@@ -161,3 +242,4 @@ class AppConfig(StrictModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress deployment.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact storage.")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="Asynchronous jobs.")

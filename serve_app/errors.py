@@ -39,6 +39,13 @@ class InvalidInput(Sam3Error):
     code = "invalid_input"
 
 
+class ValidationFailed(InvalidInput):
+    """The body does not match the request schema (types, ranges, unknown fields)."""
+
+    status_code = 422
+    code = "validation_error"
+
+
 class InvalidImage(InvalidInput):
     """The bytes are not a decodable image (not an image, truncated, corrupt)."""
 
@@ -60,9 +67,22 @@ class NotFound(Sam3Error):
     code = "not_found"
 
 
+class Forbidden(Sam3Error):
+    """The caller may not do this (e.g. a presigned URL with a bad or expired signature)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class Conflict(Sam3Error):
     status_code = 409
     code = "conflict"
+
+
+class PreconditionFailed(Conflict):
+    """A conditional storage write lost (If-Match / If-None-Match did not hold): someone else wrote first."""
+
+    code = "precondition_failed"
 
 
 class Overloaded(Sam3Error):

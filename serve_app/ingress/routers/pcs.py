@@ -1,0 +1,82 @@
+"""POST /v1/pcs/image: SAM 3 concept segmentation, synchronous, JSON or multipart."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.errors import InvalidInput, PayloadTooLarge
+from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped
+from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.errors import request_id_of
+from serve_app.schemas import ErrorBody, PcsImageRequest, PcsImageResponse, PcsOptions
+
+router = APIRouter(tags=["concept segmentation"])
+
+_OPTION_FIELDS = ("threshold", "mask_threshold", "max_instances", "mask_format", "overlay")
+_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "The image file."},
+        "prompts": {"type": "string", "description": 'JSON list of prompts, e.g. [{"text": "car"}]'},
+        "text": {"type": "array", "items": {"type": "string"}, "description": "Repeatable: one text prompt each."},
+        "threshold": {"type": "number"}, "mask_threshold": {"type": "number"},
+        "max_instances": {"type": "integer"}, "mask_format": {"type": "string", "enum": ["rle", "polygon", "none"]},
+        "overlay": {"type": "boolean"},
+    },
+}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503, 504)}
+
+
+@router.post(
+    "/v1/pcs/image",
+    response_model=PcsImageResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    summary="Segment every instance of each concept in an image",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": PcsImageRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "multipart/form-data": {"schema": _FORM_SCHEMA},
+    }}},
+)
+async def pcs_image(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> Any:
+    limits = ctx.config.limits
+    body_limit = (limits.max_image_bytes * 4) // 3 + 1024 * 1024  # base64 overhead + prompts
+    if content_kind(request) == "json":
+        body = parse_model(PcsImageRequest, parse_json_body(await read_capped(request, body_limit)))
+        data = await ctx.image_bytes(body.image)
+        opts = PcsOptions.model_validate(body.model_dump(exclude={"image"}))
+    else:
+        data, opts = await _parse_multipart(request, body_limit, limits.max_image_bytes)
+    return await ctx.pcs.run(data, opts, request_id_of(request))
+
+
+async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: int) -> tuple[bytes, PcsOptions]:
+    """multipart/form-data: `image` file + `prompts` (JSON list) or repeated `text` fields + options."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes, limit {body_limit}", "body_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=64)
+    except Exception as exc:  # malformed multipart framing
+        raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput("multipart field 'image' (a file) is required", "missing_image")
+    data = await upload.read(max_image_bytes + 1)
+    if len(data) > max_image_bytes:
+        raise PayloadTooLarge(f"image is over {max_image_bytes} bytes", "image_too_large")
+    raw: dict[str, Any] = {k: form.get(k) for k in _OPTION_FIELDS if form.get(k) not in (None, "")}
+    if "prompts" in form:
+        try:
+            raw["prompts"] = json.loads(form.get("prompts"))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InvalidInput(f"field 'prompts' is not valid JSON: {exc}", "malformed_json") from exc
+    else:
+        raw["prompts"] = [{"text": t} for t in form.getlist("text")]
+    if "overlay" in raw:
+        raw["overlay"] = str(raw["overlay"]).lower() in ("1", "true", "yes", "on")
+    return data, parse_model(PcsOptions, raw)

@@ -1,0 +1,141 @@
+"""Concept segmentation on a CPU replica: validate -> decode -> resize -> GPU replica -> encode.
+
+Used by the HTTP route (POST /v1/pcs/image) and by background jobs, so both give identical results.
+Only compact data crosses to the GPU replica (uint8 (S,S,3) pixels + prompts); only kept instances come
+back (boxes, scores, low-res mask probabilities). CPU-heavy steps run in worker threads so the event loop
+keeps serving other requests. No torch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import numpy as np
+
+from serve_app.codecs.images import DecodedImage, decode_image, resize_square
+from serve_app.codecs.masks import encode_rle, mask_to_polygons, upsample_masks
+from serve_app.codecs.overlay import render_overlay
+from serve_app.config import LimitsConfig
+from serve_app.errors import InvalidInput
+from serve_app.model.types import ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
+from serve_app.schemas import PcsOptions, Prompt
+
+
+def validate_options(opts: PcsOptions, limits: LimitsConfig) -> None:
+    """Checks that need config limits but not the image. Raises InvalidInput with a specific code."""
+    if not opts.prompts:
+        raise InvalidInput("at least one prompt is required", "no_prompts")
+    if len(opts.prompts) > limits.max_prompts:
+        raise InvalidInput(f"{len(opts.prompts)} prompts, limit {limits.max_prompts}", "too_many_prompts")
+    if opts.max_instances is not None and opts.max_instances > limits.max_instances:
+        raise InvalidInput(f"max_instances limit is {limits.max_instances}", "max_instances_too_large")
+    for i, p in enumerate(opts.prompts):
+        if p.text is not None:
+            if not p.text.strip():
+                raise InvalidInput(f"prompts[{i}].text is empty", "empty_text")
+            if len(p.text) > limits.max_text_chars:
+                raise InvalidInput(f"prompts[{i}].text is over {limits.max_text_chars} characters", "text_too_long")
+        if p.text is None and not p.boxes:
+            raise InvalidInput(f"prompts[{i}] needs text or boxes", "empty_prompt")
+        if p.boxes is not None:
+            if len(p.boxes) > limits.max_boxes_per_prompt:
+                raise InvalidInput(f"prompts[{i}] has over {limits.max_boxes_per_prompt} boxes", "too_many_boxes")
+            if p.box_labels is not None and len(p.box_labels) != len(p.boxes):
+                raise InvalidInput(f"prompts[{i}]: {len(p.box_labels)} box_labels for {len(p.boxes)} boxes",
+                                   "box_labels_mismatch")
+        elif p.box_labels is not None:
+            raise InvalidInput(f"prompts[{i}] has box_labels but no boxes", "box_labels_mismatch")
+
+
+def to_model_prompt(p: Prompt, index: int, width: int, height: int) -> ConceptPrompt:
+    """Wire prompt -> ConceptPrompt with boxes checked against the image and normalised to cxcywh."""
+    if not p.boxes:
+        return ConceptPrompt(text=p.text.strip())
+    boxes = np.asarray(p.boxes, dtype=np.float64)
+    x0, y0, x1, y1 = boxes.T
+    if (x1 <= x0).any() or (y1 <= y0).any():
+        raise InvalidInput(f"prompts[{index}]: boxes need x0 < x1 and y0 < y1", "invalid_box")
+    if (x0 < 0).any() or (y0 < 0).any() or (x1 > width).any() or (y1 > height).any():
+        raise InvalidInput(f"prompts[{index}]: boxes must lie inside the {width}x{height} image", "box_outside_image")
+    cxcywh = np.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height], axis=1)
+    labels = np.asarray(p.box_labels if p.box_labels is not None else [1] * len(p.boxes), dtype=np.int64)
+    text = p.text.strip() if p.text is not None else None
+    return ConceptPrompt(text=text, boxes_cxcywh=cxcywh.astype(np.float32), box_labels=labels)
+
+
+def build_request(image: DecodedImage, opts: PcsOptions, info: ModelInfo, limits: LimitsConfig) -> ConceptRequest:
+    """The GPU replica's input for one decoded image (runs the resize: call it off the event loop)."""
+    prompts = tuple(to_model_prompt(p, i, image.width, image.height) for i, p in enumerate(opts.prompts))
+    return ConceptRequest(
+        pixels=resize_square(image.rgb, info.image_size),
+        original_hw=(image.height, image.width),
+        prompts=prompts,
+        threshold=opts.threshold,
+        max_instances=opts.max_instances or limits.max_instances,
+    )
+
+
+def encode_response(image: DecodedImage, opts: PcsOptions, out: ConceptResponse) -> dict[str, Any]:
+    """Model output -> the `results` (and overlay) of a PcsImageResponse, as plain dicts."""
+    results, overlay_items, next_id = [], [], 0
+    for p_idx, (prompt, inst) in enumerate(zip(opts.prompts, out.results)):
+        masks = upsample_masks(inst.mask_probs, image.height, image.width, opts.mask_threshold)
+        label = prompt.text or "visual"
+        instances = []
+        for k in range(len(inst.scores)):
+            box = [round(float(v), 2) for v in inst.boxes_xyxy[k]]
+            item: dict[str, Any] = {"id": next_id, "score": round(float(inst.scores[k]), 6), "box": box,
+                                    "area": int(masks[k].sum())}
+            if opts.mask_format == "rle":
+                item["mask"] = encode_rle(masks[k])
+            elif opts.mask_format == "polygon":
+                item["polygons"] = mask_to_polygons(masks[k])
+            instances.append(item)
+            if opts.overlay:
+                overlay_items.append((masks[k], box, f"{label} {inst.scores[k]:.2f}", p_idx))
+            next_id += 1
+        results.append({"prompt": prompt.model_dump(exclude_none=True), "instances": instances})
+    body: dict[str, Any] = {"results": results}
+    if opts.overlay:
+        body["overlay_png_base64"] = base64.b64encode(render_overlay(image.rgb, overlay_items)).decode("ascii")
+    return body
+
+
+class PcsPipeline:
+    """Runs one concept-segmentation request end to end against a ConceptSegmenter handle."""
+
+    def __init__(self, concept_handle, limits: LimitsConfig, model_timeout_s: float):
+        self.concept = concept_handle
+        self.limits = limits
+        self.model_timeout_s = model_timeout_s
+        self._info: ModelInfo | None = None
+
+    async def model_info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = await asyncio.wait_for(self.concept.info.remote(), self.model_timeout_s)
+        return self._info
+
+    async def decode(self, data: bytes) -> DecodedImage:
+        return await asyncio.to_thread(
+            decode_image, data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels
+        )
+
+    async def run(self, data: bytes, opts: PcsOptions, request_id: str) -> dict[str, Any]:
+        """Bytes of an image + options -> a PcsImageResponse dict. Raises Sam3Error subclasses."""
+        t0 = time.perf_counter()
+        validate_options(opts, self.limits)
+        image = await self.decode(data)
+        info = await self.model_info()
+        request = await asyncio.to_thread(build_request, image, opts, info, self.limits)
+        t1 = time.perf_counter()
+        out: ConceptResponse = await asyncio.wait_for(self.concept.segment.remote(request), self.model_timeout_s)
+        t2 = time.perf_counter()
+        body = await asyncio.to_thread(encode_response, image, opts, out)
+        t3 = time.perf_counter()
+        timings = {"decode_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3, "encode_ms": (t3 - t2) * 1e3,
+                   "total_ms": (t3 - t0) * 1e3, **out.timings_ms}
+        return {"request_id": request_id, "image_id": image.sha256, "width": image.width, "height": image.height,
+                **body, "timings_ms": {k: round(v, 3) for k, v in timings.items()}, "batch_size": out.batch_size}
