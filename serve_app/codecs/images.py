@@ -65,8 +65,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.format not in SUPPORTED_FORMATS:
-                raise UnsupportedMediaType(f"image format {img.format} is not supported", "unsupported_image_type")
+            fmt = img.format or ""
+            if fmt not in SUPPORTED_FORMATS:
+                raise UnsupportedMediaType(f"image format {fmt or 'unknown'} is not supported", "unsupported_image_type")
             w, h = img.size
             if w * h > max_pixels:
                 raise PayloadTooLarge(f"image is {w}x{h} = {w * h} pixels, limit {max_pixels}", "image_too_many_pixels")
@@ -81,7 +82,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise InvalidImage(f"corrupt or truncated image: {exc}", "invalid_image") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InvalidImage("image has no pixels", "invalid_image")
-    return DecodedImage(rgb=np.ascontiguousarray(rgb), sha256=hashlib.sha256(data).hexdigest(), format=img.format or "")
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), sha256=hashlib.sha256(data).hexdigest(), format=fmt)
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""Shared fixtures: the tiny offline SAM 3 checkpoint and ONE local Ray + Serve for the whole session.
+
+Markers follow the folders (tests/unit -> unit, tests/integration -> integration, tests/deploy -> deploy).
+Nothing here touches the network: the checkpoint is built offline and every server binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["tests.fixtures.s3"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts and parts[0] in ("unit", "integration", "deploy", "e2e", "gpu"):
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The tiny random SAM 3 checkpoint (facebook/sam3 layout), built once per session, offline."""
+    from serve_app.devtools.tiny_model import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3")))
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """A local Ray (logical CPUs > cores so several replicas fit) with its temp files in a test dir."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("ray")
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    ray.init(num_cpus=8, num_gpus=0, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def serve_args(model_dir: str, **overrides) -> dict:
+    """AppConfig args for tests: the tiny model, small fixed replica counts."""
+    args = {
+        "model": {"model_id": model_dir},
+        "concept": {
+            "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
+            # A wait long enough that concurrent test requests reliably share a batch.
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
+            "max_concurrent_batches": 1,
+        },
+        "ingress": {"replica": {"num_cpus": 1, "max_ongoing_requests": 64, "max_queued_requests": 128}},
+        "limits": {"max_image_bytes": 200_000, "max_image_pixels": 1_000_000},  # see tests/bad_inputs.py
+    }
+    for key, value in overrides.items():
+        args[key] = {**args.get(key, {}), **value}
+    return args
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_session, tiny_model_dir) -> str:
+    """Base URL of the sam3 app (real Serve proxy on 127.0.0.1) built from build_app(args)."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(serve_args(tiny_model_dir)), name="sam3", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def concept_handle(serve_url):
+    from ray import serve
+
+    return serve.get_deployment_handle("ConceptSegmenter", app_name="sam3")

@@ -1,0 +1,163 @@
+"""POST /v1/pcs/image over real HTTP through a real local Ray Serve with the tiny SAM 3 checkpoint."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from serve_app.codecs.masks import decode_rle
+from tests.bad_inputs import BAD_REQUESTS, send
+from tests.helpers import b64, encode, png_bytes, rgb_image
+
+URL = "/v1/pcs/image"
+
+
+def post_multipart(base, image: bytes, **data):
+    return requests.post(base + URL, files={"image": ("img.png", image, "image/png")}, data=data, timeout=120)
+
+
+def post_json(base, body: dict, **kw):
+    return requests.post(base + URL, json=body, timeout=120, **kw)
+
+
+def check_instances(result: dict, width: int, height: int) -> None:
+    """Every instance: unique id, score in [0,1], box inside the image, RLE decodes to the reported area."""
+    for inst in result["instances"]:
+        assert 0.0 <= inst["score"] <= 1.0
+        x0, y0, x1, y1 = inst["box"]
+        assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+        mask = decode_rle(inst["mask"])
+        assert mask.shape == (height, width) and inst["mask"]["size"] == [height, width]
+        assert int(mask.sum()) == inst["area"]
+
+
+def test_multipart_several_text_prompts(serve_url):
+    r = post_multipart(serve_url, png_bytes(130, 90), text=["car", "person in red shirt"], threshold="0.0",
+                       max_instances="7")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (130, 90)
+    assert len(body["image_id"]) == 64
+    assert [x["prompt"] for x in body["results"]] == [{"text": "car"}, {"text": "person in red shirt"}]
+    ids = [i["id"] for res in body["results"] for i in res["instances"]]
+    assert len(ids) == 14 and len(set(ids)) == 14
+    for res in body["results"]:
+        check_instances(res, 130, 90)
+        scores = [i["score"] for i in res["instances"]]
+        assert scores == sorted(scores, reverse=True)
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert {"decode_ms", "model_ms", "encode_ms", "total_ms"} <= set(body["timings_ms"])
+
+
+def test_json_with_exemplar_boxes_polygons_and_overlay(serve_url):
+    img = rgb_image(160, 120, seed=5)
+    body = {
+        "image": {"base64": b64(encode(img, "JPEG"))},
+        "prompts": [{"text": "dog", "boxes": [[10, 10, 60, 50], [70, 20, 150, 110]], "box_labels": [1, 0]},
+                    {"boxes": [[20, 30, 90, 100]]}],
+        "threshold": 0.0, "max_instances": 3, "mask_format": "polygon", "overlay": True,
+    }
+    r = post_json(serve_url, body, headers={"x-request-id": "my-req-1"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["request_id"] == "my-req-1" and r.headers["x-request-id"] == "my-req-1"
+    assert out["results"][1]["prompt"] == {"boxes": [[20.0, 30.0, 90.0, 100.0]]}
+    for res in out["results"]:
+        assert len(res["instances"]) == 3
+        for inst in res["instances"]:
+            assert "mask" not in inst and isinstance(inst["polygons"], list)
+    overlay = cv2.imdecode(np.frombuffer(base64.b64decode(out["overlay_png_base64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (120, 160, 3)
+    assert not np.array_equal(overlay[..., ::-1], img)  # something was drawn
+
+
+def test_threshold_and_mask_format_none(serve_url):
+    high = post_json(serve_url, {"image": {"base64": b64(png_bytes())}, "prompts": [{"text": "car"}], "threshold": 0.99})
+    assert high.status_code == 200 and high.json()["results"][0]["instances"] == []
+    none = post_json(serve_url, {"image": {"base64": b64(png_bytes())}, "prompts": [{"text": "car"}],
+                                 "threshold": 0.0, "max_instances": 2, "mask_format": "none"})
+    insts = none.json()["results"][0]["instances"]
+    assert len(insts) == 2 and all("mask" not in i and i["area"] >= 0 for i in insts)
+
+
+def test_exif_rotated_image_reports_display_size(serve_url):
+    data = encode(rgb_image(120, 80), "JPEG", exif_orientation=6)
+    r = post_multipart(serve_url, data, text="car", threshold="0.0", max_instances="1")
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["width"], body["height"]) == (80, 120)
+    check_instances(body["results"][0], 80, 120)
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c.name for c in BAD_REQUESTS])
+def test_bad_input_over_http(serve_url, case):
+    r = send(requests.post, serve_url + URL, case, request_id=f"bad-{case.name}")
+    assert r.status_code == case.status, r.text
+    assert r.json()["error"] == {"code": case.code, "message": r.json()["error"]["message"],
+                                 "request_id": f"bad-{case.name}"}
+
+
+def test_replicas_survive_bad_inputs(serve_url):
+    r = post_multipart(serve_url, png_bytes(), text="car", threshold="0.0", max_instances="1")
+    assert r.status_code == 200 and len(r.json()["results"][0]["instances"]) == 1
+
+
+def test_health_ready_docs(serve_url):
+    assert requests.get(serve_url + "/healthz").json() == {"status": "ok"}
+    ready = requests.get(serve_url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["state"] == "ready"
+    assert ready.json()["deployments"]["ConceptSegmenter"]["running_replicas"] == 1
+    assert requests.get(serve_url + "/docs").status_code == 200
+    assert "/v1/pcs/image" in requests.get(serve_url + "/openapi.json").json()["paths"]
+
+
+def _requests_set():
+    return [{"image": {"base64": b64(png_bytes(100 + 10 * i, 80, seed=i))},
+             "prompts": [{"text": ["car", "dog", "cat"][i % 3]}, {"text": "tree"}],
+             "threshold": 0.0, "max_instances": 4} for i in range(8)]
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched(serve_url, concept_handle):
+    bodies = _requests_set()
+    concept_handle.reset_stats.remote().result()
+    sequential = [post_json(serve_url, b).json() for b in bodies]
+    stats_seq = concept_handle.stats.remote().result()
+    assert stats_seq["batches"] == 8 and all(s["batch_size"] == 1 for s in sequential)
+
+    concept_handle.reset_stats.remote().result()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        concurrent = [f.result().json() for f in [pool.submit(post_json, serve_url, b) for b in bodies]]
+    stats = concept_handle.stats.remote().result()
+    assert stats["requests"] == 8
+    assert stats["batches"] < 8 and max(stats["batch_sizes"]) > 1  # fewer forward passes than requests
+    assert stats["vision_calls"] == stats["batches"]  # one vision pass per batch, not per image
+    assert any(c["batch_size"] > 1 for c in concurrent)
+
+    for a, b in zip(sequential, concurrent):
+        assert a["image_id"] == b["image_id"]
+        for ra, rb in zip(a["results"], b["results"]):
+            assert len(ra["instances"]) == len(rb["instances"]) == 4
+            for ia, ib in zip(ra["instances"], rb["instances"]):
+                assert abs(ia["score"] - ib["score"]) < 1e-4
+                assert np.allclose(ia["box"], ib["box"], atol=0.05)
+                ma, mb = decode_rle(ia["mask"]), decode_rle(ib["mask"])
+                assert (ma != mb).mean() < 0.005
+
+
+def test_batching_knobs_are_live_tunable(serve_url, concept_handle):
+    """reconfigure() (what Serve calls on a user_config change) updates the running batch queue."""
+    before = concept_handle.stats.remote().result()
+    assert before["max_batch_size"] == 8
+    # Simulate Serve delivering a new user_config to the running replica.
+    from ray import serve
+
+    app_handle = serve.get_deployment_handle("ConceptSegmenter", app_name="sam3")
+    app_handle.reconfigure.remote({"max_batch_size": 2, "batch_wait_timeout_s": 0.5}).result()
+    after = app_handle.stats.remote().result()
+    assert (after["max_batch_size"], after["batch_wait_timeout_s"]) == (2, 0.5)
+    app_handle.reconfigure.remote({"max_batch_size": 8, "batch_wait_timeout_s": 0.25}).result()
