@@ -7,7 +7,9 @@ Nothing here touches the network: the checkpoint is built offline and every serv
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 
+def short_tmpdir() -> str:
+    """Ray puts AF_UNIX sockets under its temp dir (107-byte path limit): keep the path short."""
+    return tempfile.mkdtemp(prefix="sam3ray-", dir="/tmp")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,18 +49,19 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
+def ray_session():
     """A local Ray (logical CPUs > cores so several replicas fit) with its temp files in a test dir."""
     import ray
 
-    tmp = tmp_path_factory.mktemp("ray")
-    os.environ["RAY_TMPDIR"] = str(tmp)
-    ray.init(num_cpus=8, num_gpus=0, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+    tmp = short_tmpdir()
+    os.environ["RAY_TMPDIR"] = tmp
+    ray.init(num_cpus=8, num_gpus=0, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def serve_args(model_dir: str, **overrides) -> dict:

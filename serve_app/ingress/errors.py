@@ -7,7 +7,6 @@ bugs (message hidden, stack logged).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
@@ -16,12 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import Overloaded, Sam3Error, Timeout, Unavailable
+from serve_app.pipelines.remote import RETRY_AFTER_S, translate_remote_error
 
 log = logging.getLogger("serve_app.ingress")
 
 REQUEST_ID_HEADER = "x-request-id"
-DEFAULT_RETRY_AFTER_S = 2
 
 
 def request_id_of(request: Request) -> str:
@@ -35,26 +33,6 @@ def error_response(request_id: str, status: int, code: str, message: str,
         headers["Retry-After"] = str(int(retry_after_s))
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def to_sam3_error(exc: BaseException) -> Sam3Error | None:
-    """Translate Ray Serve / asyncio failures into our error types; None for unknown exceptions (bugs)."""
-    from ray import exceptions as ray_exc
-    from ray.serve import exceptions as serve_exc
-
-    cause = getattr(exc, "cause", None)  # a RayTaskError raised in a replica carries the original
-    if isinstance(cause, Sam3Error):
-        return cause
-    if isinstance(exc, Sam3Error):
-        return exc
-    if isinstance(exc, serve_exc.BackPressureError):
-        return Overloaded("the model replicas are saturated, retry later", retry_after_s=DEFAULT_RETRY_AFTER_S)
-    if isinstance(exc, (serve_exc.DeploymentUnavailableError, ray_exc.RayActorError, ray_exc.ActorUnavailableError)):
-        return Unavailable("model replicas are unavailable, retry later", "model_unavailable",
-                           retry_after_s=DEFAULT_RETRY_AFTER_S)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, serve_exc.RequestCancelledError)):
-        return Timeout("the model did not answer in time", "model_timeout")
-    return None
 
 
 def install_error_handling(app: FastAPI) -> None:
@@ -90,14 +68,14 @@ def install_error_handling(app: FastAPI) -> None:
 
 def _handle(request: Request, exc: BaseException) -> JSONResponse:
     rid = request_id_of(request)
-    err = to_sam3_error(exc)
+    err = translate_remote_error(exc)
     if err is None:
         log.exception("unhandled error (request_id=%s)", rid, exc_info=exc)
         return error_response(rid, 500, "internal_error", "internal error; quote the request id when reporting it")
     if err.status_code >= 500:
         log.warning("request %s failed: %s %s", rid, err.code, err.message)
     retry = err.retry_after_s if err.retry_after_s is not None else (
-        DEFAULT_RETRY_AFTER_S if err.status_code in (429, 503) else None)
+        RETRY_AFTER_S if err.status_code in (429, 503) else None)
     return error_response(rid, err.status_code, err.code, err.message, retry)
 
 

@@ -21,6 +21,7 @@ from serve_app.codecs.overlay import render_overlay
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidInput
 from serve_app.model.types import ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
+from serve_app.pipelines.remote import call_remote
 from serve_app.schemas import PcsOptions, Prompt
 
 
@@ -115,7 +116,7 @@ class PcsPipeline:
 
     async def model_info(self) -> ModelInfo:
         if self._info is None:
-            self._info = await asyncio.wait_for(self.concept.info.remote(), self.model_timeout_s)
+            self._info = await call_remote(self.concept.info.remote(), self.model_timeout_s)
         return self._info
 
     async def decode(self, data: bytes) -> DecodedImage:
@@ -131,7 +132,7 @@ class PcsPipeline:
         info = await self.model_info()
         request = await asyncio.to_thread(build_request, image, opts, info, self.limits)
         t1 = time.perf_counter()
-        out: ConceptResponse = await asyncio.wait_for(self.concept.segment.remote(request), self.model_timeout_s)
+        out: ConceptResponse = await call_remote(self.concept.segment.remote(request), self.model_timeout_s)
         t2 = time.perf_counter()
         body = await asyncio.to_thread(encode_response, image, opts, out)
         t3 = time.perf_counter()

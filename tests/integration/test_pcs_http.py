@@ -161,3 +161,28 @@ def test_batching_knobs_are_live_tunable(serve_url, concept_handle):
     after = app_handle.stats.remote().result()
     assert (after["max_batch_size"], after["batch_wait_timeout_s"]) == (2, 0.5)
     app_handle.reconfigure.remote({"max_batch_size": 8, "batch_wait_timeout_s": 0.25}).result()
+
+
+def test_back_pressure_is_429_with_retry_after_never_500(serve_url, tiny_model_dir):
+    """A second app whose model replica accepts 1 running + 1 queued request: a burst gets 429s."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.conftest import serve_args
+
+    args = serve_args(tiny_model_dir, concept={
+        "replica": {"num_cpus": 0, "num_gpus": 0, "max_ongoing_requests": 1, "max_queued_requests": 1},
+        "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}, "max_concurrent_batches": 1})
+    serve.run(build_app(args), name="sam3-bp", route_prefix="/bp")
+    try:
+        body = {"image": {"base64": b64(png_bytes(400, 300))}, "prompts": [{"text": f"t{i}"} for i in range(16)]}
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: requests.post(serve_url + "/bp" + URL, json=body, timeout=120), range(12)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 429}, [r.text[:300] for r in responses]
+        assert statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
+        for r in responses:
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1
+    finally:
+        serve.delete("sam3-bp")
