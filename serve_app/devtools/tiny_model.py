@@ -132,39 +132,53 @@ def build_config(tokenizer):
     )
 
 
-def build_processors(tokenizer):
-    """Image, tracker and video processors sized for the tiny model (mean/std 0.5 like SAM 3)."""
+def build_full_size_config(tokenizer):
+    """The real facebook/sam3 architecture (Sam3VideoConfig defaults): same FLOPs, random weights."""
+    from transformers import Sam3VideoConfig
+
+    config = Sam3VideoConfig()
+    text = config.detector_config.text_config
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return config
+
+
+def build_processors(tokenizer, image_size: int = IMAGE_SIZE):
+    """Image, tracker and video processors for `image_size` inputs (mean/std 0.5 like SAM 3)."""
     from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoProcessor
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
-    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    low_res = 4 * IMAGE_SIZE // PATCH_SIZE
+    size = {"height": image_size, "width": image_size}
+    low_res = 4 * image_size // PATCH_SIZE
     norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     image_processor = Sam3ImageProcessor(size=size, mask_size={"height": low_res, "width": low_res}, **norm)
     video_processor = Sam2VideoVideoProcessor(size=size, **norm)
     return (
-        Sam3Processor(image_processor=image_processor, tokenizer=tokenizer, target_size=IMAGE_SIZE),
+        Sam3Processor(image_processor=image_processor, tokenizer=tokenizer, target_size=image_size),
         Sam3VideoProcessor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer,
-                           target_size=IMAGE_SIZE),
+                           target_size=image_size),
     )
 
 
-def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny checkpoint to `out_dir` (created) and return its path. Deterministic for a seed."""
+def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = False) -> Path:
+    """Write the tiny checkpoint to `out_dir` (created) and return its path. Deterministic for a seed.
+
+    full_size=True writes the real SAM 3 architecture with random weights instead (~3.4 GB, for GPU
+    benchmarks: same cost as facebook/sam3, meaningless outputs)."""
     import torch
     from transformers import Sam3VideoModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = build_config(tokenizer)
+    config = build_full_size_config(tokenizer) if full_size else build_config(tokenizer)
     torch.manual_seed(seed)
     model = Sam3VideoModel(config).eval()
     model.save_pretrained(out)
-    image_proc, video_proc = build_processors(tokenizer)
+    image_proc, video_proc = build_processors(tokenizer, int(config.image_size))
     video_proc.save_pretrained(out)  # tokenizer, preprocessor + video preprocessor configs
     image_proc.image_processor.save_pretrained(out)
-    (out / "tiny_sam3.json").write_text(json.dumps({"seed": seed, "image_size": IMAGE_SIZE}) + "\n")
+    (out / "tiny_sam3.json").write_text(json.dumps({"seed": seed, "image_size": int(config.image_size), "full_size": full_size}) + "\n")
     return out
 
 
@@ -172,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
+    parser.add_argument("--full-size", action="store_true", help="real SAM 3 architecture, random weights (GPU benchmarks)")
     args = parser.parse_args(argv)
-    path = build_tiny_checkpoint(args.out_dir, seed=args.seed)
+    path = build_tiny_checkpoint(args.out_dir, seed=args.seed, full_size=args.full_size)
     print(path.resolve())
 
 
