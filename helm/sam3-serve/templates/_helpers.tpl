@@ -1,0 +1,280 @@
+{{/* Chart name. */}}
+{{- define "sam3-serve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name, also the RayService name. KubeRay limits RayService names to 47 characters (it appends a
+suffix for each RayCluster) and requires a DNS-1035 label.
+*/}}
+{{- define "sam3-serve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 47 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart label value. */}}
+{{- define "sam3-serve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels shared by every Ray pod of this release. */}}
+{{- define "sam3-serve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sam3-serve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Selects only the Ray pods of this release (KubeRay labels every Ray pod ray.io/is-ray-node=yes). */}}
+{{- define "sam3-serve.rayPodSelectorLabels" -}}
+{{ include "sam3-serve.selectorLabels" . }}
+ray.io/is-ray-node: "yes"
+{{- end }}
+
+{{/*
+Pod template labels: stable across chart versions on purpose. Any change to rayClusterConfig (labels
+included) makes KubeRay build a whole new cluster, so no chart/app version here.
+*/}}
+{{- define "sam3-serve.podLabels" -}}
+{{ include "sam3-serve.selectorLabels" . }}
+app.kubernetes.io/part-of: sam3-serve
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "sam3-serve.labels" -}}
+helm.sh/chart: {{ include "sam3-serve.chart" . }}
+{{ include "sam3-serve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sam3-serve
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* ServiceAccount used by every Ray pod. */}}
+{{- define "sam3-serve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sam3-serve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Chart-managed Secret (only holds what no existingSecret covers). */}}
+{{- define "sam3-serve.secretName" -}}
+{{- printf "%s-credentials" (include "sam3-serve.fullname" .) }}
+{{- end }}
+
+{{/* True when the chart must create its Secret. */}}
+{{- define "sam3-serve.createSecret" -}}
+{{- if or (and (not .Values.s3.existingSecret) .Values.s3.accessKeyId) (and (not .Values.huggingface.existingSecret) .Values.huggingface.token) }}true{{ end }}
+{{- end }}
+
+{{/* The KubeRay-managed serve Service (RayService spec.serveService): the API Service. */}}
+{{- define "sam3-serve.serveServiceName" -}}
+{{- printf "%s-serve-svc" (include "sam3-serve.fullname" .) }}
+{{- end }}
+
+{{- define "sam3-serve.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+serveConfigV2: the same structure as serve_config.yaml. `args` is .Values.app verbatim, validated by
+serve_app.config.AppConfig when the app is built.
+*/}}
+{{- define "sam3-serve.serveConfig" -}}
+{{- $app := dict "name" .Values.serve.applicationName "route_prefix" .Values.serve.routePrefix "import_path" .Values.serve.importPath "args" .Values.app }}
+{{- $http := dict "host" "0.0.0.0" "port" 8000 "request_timeout_s" .Values.serve.requestTimeoutS }}
+{{- $cfg := dict "proxy_location" .Values.serve.proxyLocation "http_options" $http "applications" (list $app) }}
+{{- with .Values.serve.loggingConfig }}
+{{- $_ := set $cfg "logging_config" . }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Env vars of every Ray container. */}}
+{{- define "sam3-serve.env" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: SAM3_RAYSERVICE_NAME
+  value: {{ include "sam3-serve.fullname" . | quote }}
+- name: HF_HOME
+  value: /home/ray/.cache/huggingface
+{{- if .Values.huggingface.offline }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- if or .Values.huggingface.existingSecret .Values.huggingface.token }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "sam3-serve.secretName" .) .Values.huggingface.existingSecret }}
+      key: {{ .Values.huggingface.tokenKey }}
+{{- end }}
+{{- if or .Values.s3.existingSecret .Values.s3.accessKeyId }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "sam3-serve.secretName" .) .Values.s3.existingSecret }}
+      key: {{ .Values.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "sam3-serve.secretName" .) .Values.s3.existingSecret }}
+      key: {{ .Values.s3.secretAccessKeyKey }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Ray pod template. Call with (dict "root" $ "group" <values of the group> "component" <name> "gpus" <int>).
+KubeRay treats containers[0] as the Ray container, adds the /dev/shm emptyDir, ports it lacks, probes,
+the wait-gcs-ready init container (copying this container's securityContext and mounts) and, on the head,
+the autoscaler sidecar.
+*/}}
+{{- define "sam3-serve.podTemplate" -}}
+{{- $root := .root }}
+{{- $g := .group }}
+metadata:
+  labels:
+    {{- include "sam3-serve.podLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with $g.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $g.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "sam3-serve.serviceAccountName" $root }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.podSecurityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: ray
+      image: {{ include "sam3-serve.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      {{- with $root.Values.containerSecurityContext }}
+      securityContext:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        {{- if eq .component "ray-head" }}
+        - name: gcs-server
+          containerPort: 6379
+        - name: dashboard
+          containerPort: 8265
+        - name: client
+          containerPort: 10001
+        {{- end }}
+        - name: serve
+          containerPort: 8000
+        - name: metrics
+          containerPort: 8080
+      env:
+        {{- include "sam3-serve.env" $root | nindent 8 }}
+      {{- with $root.Values.extraEnvFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- $res := deepCopy (default dict $g.resources) }}
+      {{- if .gpus }}
+      {{- $_ := set $res "requests" (merge (dict "nvidia.com/gpu" .gpus) (default dict $res.requests)) }}
+      {{- $_ := set $res "limits" (merge (dict "nvidia.com/gpu" .gpus) (default dict $res.limits)) }}
+      {{- end }}
+      {{- with $res }}
+      resources:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        - name: cache
+          mountPath: /home/ray/.cache
+        {{- if .gpus }}
+        - name: hf-cache
+          mountPath: /home/ray/.cache/huggingface
+        {{- end }}
+        {{- with $root.Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $root.Values.tmpSizeLimit }}
+    - name: cache
+      emptyDir:
+        sizeLimit: 2Gi
+    {{- if .gpus }}
+    - name: hf-cache
+      {{- if $root.Values.huggingface.cache.existingClaim }}
+      persistentVolumeClaim:
+        claimName: {{ $root.Values.huggingface.cache.existingClaim }}
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ $root.Values.huggingface.cache.sizeLimit }}
+      {{- end }}
+    {{- end }}
+    {{- with $root.Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{/* Checks JSON schema cannot express; failing here beats a RayService the operator rejects later. */}}
+{{- define "sam3-serve.validate" -}}
+{{- if eq (toString .Values.app.concept.replica.num_gpus) "auto" }}
+{{- fail "app.concept.replica.num_gpus must be explicit on Kubernetes (e.g. 1): 'auto' resolves to 0 while the GPU pool is scaled to zero" }}
+{{- end }}
+{{- range $name, $g := dict "cpuWorkers" .Values.cpuWorkers "gpuWorkers" .Values.gpuWorkers }}
+{{- if gt (int $g.minReplicas) (int $g.maxReplicas) }}
+{{- fail (printf "%s.minReplicas (%v) must be <= %s.maxReplicas (%v)" $name $g.minReplicas $name $g.maxReplicas) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" $g.idleTimeoutSeconds)) (or (not $.Values.autoscaler.enabled) (ne $.Values.autoscaler.version "v2")) }}
+{{- fail (printf "%s.idleTimeoutSeconds needs autoscaler.enabled=true and autoscaler.version=v2" $name) }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.rayService.upgradeStrategy "NewClusterWithIncrementalUpgrade" }}
+{{- if not .Values.autoscaler.enabled }}
+{{- fail "rayService.upgradeStrategy NewClusterWithIncrementalUpgrade needs autoscaler.enabled=true" }}
+{{- end }}
+{{- if not .Values.rayService.clusterUpgradeOptions.gatewayClassName }}
+{{- fail "rayService.upgradeStrategy NewClusterWithIncrementalUpgrade needs rayService.clusterUpgradeOptions (gatewayClassName, stepSizePercent, intervalSeconds)" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.s3.accessKeyId (not .Values.s3.secretAccessKey) (not .Values.s3.existingSecret) }}
+{{- fail "s3.accessKeyId is set without s3.secretAccessKey" }}
+{{- end }}
+{{- end }}
