@@ -1,5 +1,8 @@
 """`sam3-serve` command line. Subcommands:
 
+  sam3-serve run [--model-id ID_OR_DIR] [--config serve_config.yaml] [--host H] [--port P]
+      `serve run` on the config file with the model id / HTTP address overridden (local development).
+
   sam3-serve cluster-status [-n NAMESPACE] [--name RAYSERVICE] [--kubeconfig PATH] [--dashboard-url URL]
       Print the deployment state as JSON; exit 0 when ready, 1 otherwise.
 
@@ -27,9 +30,38 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     return 0 if status.state == "ready" else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    config = yaml.safe_load(open(args.config))
+    if args.model_id:
+        for app in config["applications"]:
+            app.setdefault("args", {}).setdefault("model", {})["model_id"] = args.model_id
+    http = config.setdefault("http_options", {})
+    http.update({k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    fd, path = tempfile.mkstemp(prefix="sam3-serve-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    serve_bin = shutil.which("serve") or "serve"
+    print(f"serve run {path}  (model_id={args.model_id or 'from config'})", flush=True)
+    os.execvp(serve_bin, [serve_bin, "run", path])  # replaces this process: Ctrl-C reaches serve directly
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3-serve", description="sam3-serve tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="serve run serve_config.yaml with the model id / address overridden.")
+    r.add_argument("--model-id", help="Hub id or local checkpoint directory (default: the config's).")
+    r.add_argument("--config", default="serve_config.yaml", help="Ray Serve config file.")
+    r.add_argument("--host", help="HTTP host (default: the config's).")
+    r.add_argument("--port", type=int, help="HTTP port (default: the config's).")
+    r.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
         "cluster-status",

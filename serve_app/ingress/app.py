@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.ingress.errors import install_error_handling
-from serve_app.ingress.routers import health, pcs
+from serve_app.ingress.routers import cluster, health, pcs
 
 
 def create_app() -> FastAPI:
@@ -19,4 +19,5 @@ def create_app() -> FastAPI:
     install_error_handling(app)
     app.include_router(health.router)
     app.include_router(pcs.router)
+    app.include_router(cluster.router)
     return app

@@ -1,5 +1,5 @@
-"""`serve run serve_config.yaml` (the README's local command) answers a request, with the model id
-overridden to the tiny checkpoint. Runs its own Ray (separate temp dir) in a subprocess, stopped by PID."""
+"""`sam3-serve run --model-id TINY` (the README's command: `serve run serve_config.yaml` with the model id
+and port overridden) answers a request. Runs its own Ray (separate temp dir) in a subprocess, stopped by PID."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import sys
 import time
 
 import requests
-import yaml
 
 import shutil
 
@@ -19,20 +18,16 @@ from tests.helpers import png_bytes
 
 
 def test_serve_run_serve_config_yaml(tmp_path, tiny_model_dir):
-    cfg = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     port = free_port()
-    cfg["http_options"].update(host="127.0.0.1", port=port)
-    cfg["applications"][0]["args"]["model"]["model_id"] = tiny_model_dir
-    config_path = tmp_path / "serve_config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     ray_tmp = short_tmpdir()
     env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
     log = open(tmp_path / "serve_run.log", "w")
-    serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
-    proc = subprocess.Popen([serve_bin, "run", str(config_path)], cwd=REPO, env=env, stdout=log,
+    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--model-id", tiny_model_dir,
+           "--config", str(REPO / "serve_config.yaml"), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -52,7 +47,7 @@ def test_serve_run_serve_config_yaml(tmp_path, tiny_model_dir):
         assert r.status_code == 200, r.text
         assert len(r.json()["results"][0]["instances"]) == 2
     finally:
-        proc.send_signal(signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
+        proc.send_signal(signal.SIGINT)  # the CLI exec'd `serve run` (same PID), which shuts Serve and its Ray down on Ctrl-C
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
