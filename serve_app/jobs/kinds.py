@@ -1,0 +1,65 @@
+"""Pluggable job kinds: what `POST /v1/jobs {"kind": …, "input": {…}}` can run.
+
+A kind validates its input when the job is submitted (so a bad body is a 400, not a failed job) and runs
+it on a worker. It raises Sam3Error subclasses for known failures: Unavailable / Timeout / Overloaded
+are retried (within the job's attempts), anything else fails the job with that error's code and message.
+A kind must tolerate being run again from scratch (a replica may die mid-run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from serve_app.errors import InvalidInput
+from serve_app.storage.base import ArtifactStore
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """What a run produced: the result document (JSON bytes) and an optional PNG overlay."""
+
+    result_json: bytes
+    overlay_png: bytes | None = None
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Where a run happens: its job, attempt number (1-based), tenant and the store for extra artifacts."""
+
+    job_id: str
+    attempt: int
+    tenant: str
+    store: ArtifactStore
+
+
+class JobKind(Protocol):
+    name: str
+
+    def validate(self, input: dict) -> None:
+        """Raise InvalidInput (or a subclass) if `input` cannot be run. Cheap: runs in the request path."""
+
+    async def run(self, input: dict, ctx: JobContext) -> JobOutput:
+        """Do the work. Cancellation (the worker stopping) must leave nothing half-written that matters."""
+
+
+class JobKindRegistry:
+    """Name -> JobKind. One registry per app: the ingress validates with it, workers run with it."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, JobKind] = {}
+
+    def register(self, kind: JobKind) -> None:
+        if kind.name in self._kinds:
+            raise ValueError(f"job kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = kind
+
+    def get(self, name: str) -> JobKind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise InvalidInput(f"unknown job kind {name!r} (known: {known})", "unknown_job_kind") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)

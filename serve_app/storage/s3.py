@@ -1,0 +1,181 @@
+"""`S3Store`: the ArtifactStore on AWS S3 or an S3-compatible server (MinIO, SeaweedFS), through boto3.
+
+- Location: `storage.uri = s3://bucket/prefix`; every key is stored as `prefix/key`.
+- Endpoint: `storage.endpoint_url`, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (read by botocore), else AWS.
+- Credentials: the default AWS chain (env, profile, IRSA web identity, instance metadata); never config.
+- Resilience: botocore "adaptive" retries (`storage.max_attempts` attempts, client-side rate limiting when
+  throttled), per-attempt `connect_timeout_s` / `read_timeout_s`, a pool of `max_pool_connections`.
+- Conditional writes: `IfNoneMatch="*"` / `IfMatch=etag` on PutObject (AWS since 2024, MinIO, SeaweedFS).
+  A conditional write retried after a lost response may report PreconditionFailed although it landed:
+  callers treat PreconditionFailed as "re-read and decide" (JobService does), never as "nothing changed".
+- Presigned URLs: SigV4 query signatures; a PUT signs Content-Type (and Content-Length when given).
+  With temporary credentials (IRSA) a URL also dies when those credentials expire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from botocore.utils import determine_content_length
+
+from serve_app.config import StorageConfig
+from serve_app.errors import NotFound, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
+from serve_app.storage.keys import check_key
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+_UNAVAILABLE_CODES = {  # throttling and server-side trouble that a later retry can fix
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "ServiceUnavailable", "InternalError", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+}
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix") (prefix without surrounding slashes)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    prefix = prefix.strip("/")
+    if prefix:
+        check_key(prefix)
+    return bucket, prefix
+
+
+def _no_continue_for_empty_body(params: dict, **_) -> None:
+    """Drop botocore's `Expect: 100-continue` from requests with an empty body: some S3-compatible servers
+    (SeaweedFS) answer those so that the pooled connection stalls the next request for a read timeout."""
+    body = params.get("body")
+    if "Expect" in params.get("headers", {}) and hasattr(body, "read") and determine_content_length(body) == 0:
+        del params["headers"]["Expect"]
+
+
+class S3Store(ArtifactStore):
+    def __init__(self, cfg: StorageConfig):
+        self.bucket, self._prefix = parse_s3_uri(cfg.uri)
+        self._retry_after_s = cfg.retry_after_s
+        session = boto3.session.Session()
+        client_cfg = Config(
+            signature_version="s3v4",
+            retries={"mode": "adaptive", "max_attempts": cfg.max_attempts},
+            connect_timeout=cfg.connect_timeout_s,
+            read_timeout=cfg.read_timeout_s,
+            max_pool_connections=cfg.max_pool_connections,
+            s3={"addressing_style": cfg.addressing_style},
+        )
+        self._client = session.client(
+            "s3", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=client_cfg
+        )
+        self._client.meta.events.register_last("before-call.s3", _no_continue_for_empty_body)
+        self._presigner = self._client
+        if cfg.presign_endpoint_url:
+            self._presigner = session.client(
+                "s3", region_name=cfg.region, endpoint_url=cfg.presign_endpoint_url, config=client_cfg
+            )
+
+    # -- key mapping -------------------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self._prefix) + 1:] if self._prefix else full_key
+
+    # -- error mapping -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self, op: str, key: str) -> Iterator[None]:
+        """Map botocore failures to NotFound / PreconditionFailed / Unavailable (anything else: a 500)."""
+        try:
+            yield
+        except ClientError as exc:
+            raise self._from_client_error(exc, op, key) from exc
+        except ParamValidationError:
+            raise  # a bug in how we call boto3
+        except BotoCoreError as exc:  # connection refused/reset, timeouts, no credentials, broken stream
+            raise Unavailable(
+                f"object storage is unreachable ({type(exc).__name__} during {op})",
+                "storage_unavailable", retry_after_s=self._retry_after_s,
+            ) from exc
+
+    def _from_client_error(self, exc: ClientError, op: str, key: str) -> Sam3Error:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        # AWS answers 403 instead of 404 for a missing key when the role lacks s3:ListBucket: grant it.
+        if code in _PRECONDITION_CODES or status == 412:
+            return PreconditionFailed(f"conditional {op} of {key} lost: the object changed")
+        if code in _UNAVAILABLE_CODES or status >= 500 or status in (401, 403, 429):
+            return Unavailable(
+                f"object storage refused {op} ({code or status})", "storage_unavailable",
+                retry_after_s=self._retry_after_s,
+            )
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFound(f"no object at {key}", "object_not_found")
+        return Sam3Error(f"object storage rejected {op} ({code or status})", "storage_error")
+
+    # -- ArtifactStore -----------------------------------------------------------------------------
+
+    def put(self, key, data, content_type="application/octet-stream", *, if_none_match=False, if_match=None):
+        if if_none_match and if_match is not None:
+            raise ValueError("use if_none_match or if_match, not both")
+        args = {"Bucket": self.bucket, "Key": self._full(check_key(key)), "Body": data, "ContentType": content_type}
+        if if_none_match:
+            args["IfNoneMatch"] = "*"
+        if if_match is not None:
+            args["IfMatch"] = if_match
+        with self._translate("put", key):
+            return self._client.put_object(**args)["ETag"]
+
+    def get(self, key):
+        with self._translate("get", key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._full(check_key(key)))
+            data = resp["Body"].read()
+        info = BlobInfo(key, len(data), resp["ETag"], resp["LastModified"], resp.get("ContentType"))
+        return Blob(data, info)
+
+    def head(self, key):
+        with self._translate("head", key):
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._full(check_key(key)))
+        return BlobInfo(key, resp["ContentLength"], resp["ETag"], resp["LastModified"], resp.get("ContentType"))
+
+    def delete(self, key):
+        with self._translate("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(check_key(key)))
+
+    def list(self, prefix, *, start_after=None, limit=1000):
+        check_key(prefix, prefix=True)
+        args = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
+        if start_after is not None:
+            args["StartAfter"] = self._full(check_key(start_after, prefix=True))
+        found: list[BlobInfo] = []
+        while len(found) < limit:
+            with self._translate("list", prefix):
+                resp = self._client.list_objects_v2(**args, MaxKeys=min(1000, limit - len(found)))
+            for obj in resp.get("Contents", []):
+                found.append(BlobInfo(self._relative(obj["Key"]), obj["Size"], obj["ETag"], obj["LastModified"]))
+            if not resp.get("IsTruncated"):
+                break
+            args["ContinuationToken"] = resp["NextContinuationToken"]
+        return found[:limit]
+
+    def presign_get(self, key, expires_s):
+        params = {"Bucket": self.bucket, "Key": self._full(check_key(key))}
+        with self._translate("presign", key):
+            return self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+
+    def presign_put(self, key, content_type, expires_s, content_length=None):
+        params = {"Bucket": self.bucket, "Key": self._full(check_key(key)), "ContentType": content_type}
+        headers = {"Content-Type": content_type}
+        if content_length is not None:
+            params["ContentLength"] = content_length
+            headers["Content-Length"] = str(content_length)
+        with self._translate("presign", key):
+            url = self._presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
+        expires_at = datetime.now(timezone.utc) + timedelta(seconds=expires_s)
+        return PresignedRequest(url, "PUT", headers, expires_at)
