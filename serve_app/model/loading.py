@@ -42,18 +42,22 @@ def resolve_placement(cfg: ModelConfig) -> Placement:
     return Placement(device, dtype)
 
 
+def _local_only(cfg: ModelConfig) -> bool:
+    """Never contact the Hub for local directories, HF_HUB_OFFLINE=1 or when configured so."""
+    return cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1" or os.path.isdir(cfg.model_id)
+
+
 def load_pretrained(cls, cfg: ModelConfig, placement: Placement, **kwargs):
     """`cls.from_pretrained(cfg.model_id)` in eval mode on `placement`; fails loudly on missing weights.
 
     Raises Unavailable when the checkpoint cannot be fetched (gated repo without HF_TOKEN, offline).
     """
-    local_only = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1" or os.path.isdir(cfg.model_id)
     try:
         model, info = cls.from_pretrained(
             cfg.model_id,
             revision=cfg.revision,
             dtype=placement.dtype,
-            local_files_only=local_only,
+            local_files_only=_local_only(cfg),
             output_loading_info=True,
             **kwargs,
         )
@@ -70,5 +74,4 @@ def load_tokenizer(cfg: ModelConfig):
     """The CLIP tokenizer saved with the checkpoint."""
     from transformers import AutoTokenizer
 
-    local_only = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1" or os.path.isdir(cfg.model_id)
-    return AutoTokenizer.from_pretrained(cfg.model_id, revision=cfg.revision, local_files_only=local_only)
+    return AutoTokenizer.from_pretrained(cfg.model_id, revision=cfg.revision, local_files_only=_local_only(cfg))

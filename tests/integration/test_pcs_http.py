@@ -114,6 +114,8 @@ def test_health_ready_docs(serve_url):
     assert ready.json()["deployments"]["ConceptSegmenter"]["running_replicas"] == 1
     assert requests.get(serve_url + "/docs").status_code == 200
     assert "/v1/pcs/image" in requests.get(serve_url + "/openapi.json").json()["paths"]
+    cluster = requests.get(serve_url + "/v1/cluster")  # not in a Kubernetes pod: a clear answer, not a 500
+    assert cluster.status_code == 200 and cluster.json()["state"] == "local"
 
 
 def _requests_set():
