@@ -184,7 +184,7 @@ class ConceptRunner:
                 yield group[i : i + self.max_pairs_per_forward]
 
     def _detect(self, requests, chunk: list[_Pair], vision, texts) -> dict[_Pair, ConceptInstances]:
-        device, dtype = self.placement.device, self.placement.dtype
+        device = self.placement.device
         index = torch.tensor([x.request for x in chunk], device=device)
         vision_embeds = type(vision)(
             fpn_hidden_states=tuple(t.index_select(0, index) for t in vision.fpn_hidden_states),
