@@ -1,0 +1,49 @@
+"""Results handed back by reference: JSON and overlay PNGs written to storage, presigned GET URLs out.
+
+    publisher = ResultPublisher(store, cfg.storage)
+    urls = await publisher.publish(body, overlay_png)   # {"result_url", "overlay_url"?, "expires_at"}
+
+Keys: `t/{tenant}/results/{result_id}/result.json` and `…/overlay.png` (result_id is generated here).
+The overlay is written before the JSON, so a client holding the result URL finds the overlay too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from serve_app.config import StorageConfig
+from serve_app.storage import keys
+from serve_app.storage.base import ArtifactStore
+
+
+def expiry_iso(expires_s: int) -> str:
+    """UTC ISO 8601 time `expires_s` from now (when presigned URLs made now stop working)."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=expires_s)).isoformat(timespec="seconds")
+
+
+class ResultPublisher:
+    def __init__(self, store: ArtifactStore, storage: StorageConfig):
+        self.store = store
+        self.tenant = storage.default_tenant
+        self.expiry_s = storage.presign_expiry_s
+
+    def presign(self, key: str) -> str:
+        """A presigned GET for `key`, valid storage.presign_expiry_s (blocking: local signing, no I/O)."""
+        return self.store.presign_get(key, self.expiry_s)
+
+    async def publish(self, body: dict[str, Any], overlay_png: bytes | None) -> dict[str, Any]:
+        """Store `body` as JSON (and the overlay); return `result_url`, `overlay_url` (if any), `expires_at`."""
+        result_id = keys.new_id()
+        urls: dict[str, Any] = {}
+        if overlay_png is not None:
+            overlay_key = keys.result_overlay_key(self.tenant, result_id)
+            await asyncio.to_thread(self.store.put, overlay_key, overlay_png, "image/png")
+            urls["overlay_url"] = self.presign(overlay_key)
+        result_key = keys.result_key(self.tenant, result_id)
+        await asyncio.to_thread(self.store.put, result_key, json.dumps(body).encode(), "application/json")
+        urls["result_url"] = self.presign(result_key)
+        urls["expires_at"] = expiry_iso(self.expiry_s)
+        return urls

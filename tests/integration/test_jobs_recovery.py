@@ -1,0 +1,126 @@
+"""Accepted jobs are never lost, through real Serve: a killed JobWorker replica, and an S3 server that stops.
+
+A second app ("sam3x" at /x) runs on a SeaweedFS of this module's own, with a ConceptSegmenter that waits
+5 s for batch company, so a job stays `running` long enough to kill its replica or stop the storage.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import requests
+
+from serve_app.config import AppConfig
+from serve_app.jobs.kinds import JobKindRegistry
+from serve_app.jobs.service import JobService
+from serve_app.storage import open_store
+from tests.conftest import serve_args
+from tests.fixtures.s3 import _server, s3_storage_config
+from tests.helpers import b64, png_bytes
+from tests.integration.test_storage_jobs_http import instances, wait_job
+
+APP = "sam3x"
+JOB = {"kind": "pcs_image", "input": {"image": {"base64": b64(png_bytes(seed=11))}, "prompts": [{"text": "car"}],
+                                      "threshold": 0.0, "max_instances": 2}}
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    server = _server(tmp_path_factory.mktemp("seaweedfs-x"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(serve_url, tiny_model_dir, storage):
+    """(base URL, AppConfig) of the slow-batching app on this module's storage."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    args = serve_args(tiny_model_dir, storage=s3_storage_config(storage).model_dump(),
+                      concept={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 5.0}})
+    serve.run(build_app(args), name=APP, route_prefix="/x")
+    yield f"{serve_url}/x", AppConfig.model_validate(args)
+    serve.delete(APP)
+
+
+def job_service(cfg: AppConfig) -> JobService:
+    """Read access to the job records the app writes (the test's own client of the same bucket)."""
+    return JobService(open_store(cfg.storage), cfg.jobs, JobKindRegistry(), cfg.storage.default_tenant)
+
+
+def wait_running(jobs: JobService, job_id: str, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = jobs.get(job_id)
+        if record.status == "running":
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never ran: {jobs.get(job_id)}")
+
+
+def kill_replica(app_name: str, replica_unique_id: str) -> None:
+    """ray.kill the Serve replica actor whose id is `replica_unique_id` (Serve then starts a new one)."""
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(f"SERVE_REPLICA::{app_name}#JobWorker#") and replica_unique_id in actor["name"]:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+            return
+    raise AssertionError(f"no JobWorker replica {replica_unique_id} in {ray.util.list_named_actors(True)}")
+
+
+def test_job_survives_its_worker_replica_being_killed(app):
+    base, cfg = app
+    jobs = job_service(cfg)
+    r = requests.post(base + "/v1/jobs", json=JOB, timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    running = wait_running(jobs, job_id)
+    assert running.attempts == 1
+    kill_replica(APP, running.lease_owner.rsplit("-", 1)[0])
+
+    done = wait_job(base, job_id, timeout_s=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2  # the killed run, then the recovered one
+    record = jobs.get(job_id)
+    assert record.lease_owner != running.lease_owner  # a new replica finished it
+    result = requests.get(done["result_url"], timeout=30).json()
+    assert len(result["results"][0]["instances"]) == 2
+
+
+def test_storage_down_is_503_and_running_jobs_finish_after_it_returns(app, storage):
+    base, cfg = app
+    jobs = job_service(cfg)
+    stored = requests.post(base + "/v1/pcs/image", json={**JOB["input"], "return": "url"}, timeout=60).json()
+    r = requests.post(base + "/v1/jobs", json=JOB, timeout=30)
+    job_id = r.json()["job_id"]
+    wait_running(jobs, job_id)
+
+    storage.stop()  # mid-run: the job cannot write its result now
+    try:
+        for method, path, body in [
+            ("post", "/v1/jobs", JOB),
+            ("get", f"/v1/jobs/{job_id}", None),
+            ("get", "/v1/jobs", None),
+            ("post", "/v1/pcs/image", {"image": {"image_id": stored["image_id"]}, "prompts": [{"text": "car"}]}),
+            ("post", "/v1/pcs/image", {**JOB["input"], "return": "url"}),
+        ]:
+            r = getattr(requests, method)(base + path, json=body, timeout=60)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"]["code"] == "storage_unavailable"
+            assert int(r.headers["Retry-After"]) >= 1
+        # Requests that do not need storage still work.
+        inline = requests.post(base + "/v1/pcs/image", json=JOB["input"], timeout=60)
+        assert inline.status_code == 200, inline.text
+        time.sleep(cfg.jobs.lease_s)  # the running job's lease runs out while storage is away
+    finally:
+        storage.start()
+
+    done = wait_job(base, job_id, timeout_s=180)
+    assert done["status"] == "succeeded", done
+    result = requests.get(done["result_url"], timeout=30).json()
+    assert instances(result) == instances(inline.json())
+    assert requests.get(stored["result_url"], timeout=30).status_code == 200  # stored before the outage: intact
