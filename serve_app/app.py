@@ -13,7 +13,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig as ServeAutoscalingConfig
 
-from serve_app.config import AppConfig, ReplicaConfig
+from serve_app.config import AppConfig, PromptConfig, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +46,44 @@ def deployment_options(replica: ReplicaConfig, *, gpu: bool) -> dict[str, Any]:
     return opts
 
 
+def prompt_routing(cfg: PromptConfig) -> dict[str, Any]:
+    """PromptSegmenter routing: consistent hashing on the image id (callers pass `session_id=image_id`), so an
+    image's clicks reach the replica whose embedding cache holds it. Chosen over @serve.multiplexed, whose
+    per-replica LRU counts models (not bytes) and only learns an id after a `get_model(id)` load on that
+    replica: the cache would have to load pixels it does not get on a hit. Affinity is a hint either way:
+    replica-set changes and back-pressure fallbacks move images, and a miss recomputes (see pipelines/pvs)."""
+    if cfg.routing != "consistent_hash":
+        return {}
+    from ray.serve.config import RequestRouterConfig
+
+    return {"request_router_config": RequestRouterConfig(
+        request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+        request_router_kwargs={"num_fallback_replicas": cfg.num_fallback_replicas},
+    )}
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from ray.serve.config import BackpressureConfig
 
     from serve_app.deployments.concept import ConceptSegmenter
     from serve_app.deployments.ingress import Sam3Ingress
+    from serve_app.deployments.jobs import JobWorker
+    from serve_app.deployments.prompt import PromptSegmenter
 
     cfg = AppConfig.model_validate(args or {})
     concept = ConceptSegmenter.options(
         **deployment_options(cfg.concept.replica, gpu=True),
         user_config=cfg.concept.batching.model_dump(),
     ).bind(cfg.model.model_dump(), cfg.concept.model_dump())
+    prompt = PromptSegmenter.options(
+        **deployment_options(cfg.prompt.replica, gpu=True),
+        **prompt_routing(cfg.prompt),
+        user_config=cfg.prompt.batching.model_dump(),
+    ).bind(cfg.model.model_dump(), cfg.prompt.model_dump())
     ingress = Sam3Ingress.options(
         **deployment_options(cfg.ingress.replica, gpu=False),
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.ingress.retry_after_s),
     )
-    log.info("building sam3 app: model=%s", cfg.model.model_id)
-    return ingress.bind(concept, cfg.model_dump())
+    job_worker = JobWorker.options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(concept, cfg.model_dump())
+    log.info("building sam3 app: model=%s storage=%s", cfg.model.model_id, cfg.storage.uri)
+    return ingress.bind(concept, cfg.model_dump(), job_worker=job_worker, prompt=prompt)

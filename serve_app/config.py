@@ -180,7 +180,8 @@ class StorageConfig(StrictModel):
     )
     allowed_url_buckets: list[str] = Field(
         default_factory=list,
-        description="Buckets that s3://bucket/key inputs may read from (besides this store's); empty = none.",
+        description="Buckets that s3://bucket/key image inputs may be read from (with the service's credentials); "
+        "empty = none. This store's own bucket is not implied: list it to allow it.",
     )
     default_tenant: str = Field(
         "default", pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -226,11 +227,88 @@ class JobsConfig(StrictModel):
         "(also the delay before a retryable failure runs again).",
     )
     max_concurrent_jobs: int = Field(2, ge=1, description="Jobs one worker replica runs at once.")
+    worker: ReplicaConfig = Field(
+        default_factory=lambda: ReplicaConfig(num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=64),
+        description="JobWorker replicas (CPU): they run jobs against the model deployments and recover "
+        "jobs whose worker died. More replicas = more jobs at once and faster recovery.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> "JobsConfig":
         if self.heartbeat_interval_s >= self.lease_s:
             raise ValueError("jobs.heartbeat_interval_s must be < jobs.lease_s")
+        return self
+
+
+class AutoMaskConfig(StrictModel):
+    """Defaults and bounds of automatic mask generation (POST /v1/auto/image); requests may override the
+    defaults within the bounds."""
+
+    points_per_side: int = Field(16, ge=1, le=128, description="Grid of points_per_side^2 single clicks.")
+    max_points_per_side: int = Field(64, ge=1, le=128, description="Largest points_per_side a request may ask.")
+    points_per_batch: int = Field(64, ge=1, le=1024, description="Grid points per mask-decoder call (GPU memory).")
+    pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="Drop candidates whose predicted IoU is lower.")
+    stability_score_thresh: float = Field(
+        0.95, ge=0, le=1, description="Drop candidates whose stability (IoU of the mask at logit +offset vs "
+        "-offset) is lower.")
+    stability_score_offset: float = Field(1.0, gt=0, description="Logit offset of the stability score.")
+    box_nms_thresh: float = Field(0.7, gt=0, le=1, description="Box IoU above which the lower-scored mask is dropped.")
+    min_mask_area: int = Field(0, ge=0, description="Drop masks with fewer pixels (original resolution).")
+    max_masks: int = Field(256, ge=1, le=4096, description="Masks returned at most (highest score first).")
+
+
+def _prompt_replica() -> ReplicaConfig:
+    return _gpu_replica(max_ongoing_requests=64, max_queued_requests=256)
+
+
+class PromptConfig(StrictModel):
+    """PromptSegmenter: clicks/boxes/automatic masks (Sam3TrackerModel, loaded from model.model_id) on GPU
+    replicas, each with an LRU of image embeddings.
+
+    GPU sharing: by default PromptSegmenter and ConceptSegmenter get GPUs of their own (num_gpus 'auto' = 1
+    each when the cluster has GPUs), so a click (a few ms of decoder work) never queues behind a concept
+    batch and the two scale independently. To put both on one GPU set concept.replica.num_gpus and
+    prompt.replica.num_gpus to fractions (e.g. 0.5 + 0.5): the weights (~1.7 GB + ~0.9 GB in bf16) plus
+    cache_bytes must fit in the GPU's memory.
+    """
+
+    replica: ReplicaConfig = Field(
+        default_factory=_prompt_replica,
+        description="Placement and scaling. num_gpus 'auto' = 1 GPU per replica when the cluster has GPUs "
+        "(not shared with ConceptSegmenter); use fractions on both deployments to share one GPU.",
+    )
+    batching: BatchingConfig = Field(
+        default_factory=lambda: BatchingConfig(max_batch_size=16, batch_wait_timeout_s=0.002),
+        description="Clicks of concurrent requests merged into one decoder pass (Serve user_config: live).",
+    )
+    cache_bytes: int = Field(
+        2 * 1024**3, ge=0,
+        description="Image-embedding cache per replica, in bytes (LRU). facebook/sam3 in bf16 needs ~10.6 MB "
+        "per image (fp32 on CPU: ~21 MB), so 2 GiB holds ~200 images; 0 disables caching.",
+    )
+    routing: Literal["consistent_hash", "default"] = Field(
+        "consistent_hash",
+        description="consistent_hash: requests for an image go to the replica whose cache likely holds it "
+        "(Ray's ConsistentHashRouter keyed by image_id; a miss after a scale event or fallback recomputes). "
+        "default: Serve's power-of-two-choices router (no affinity).",
+    )
+    num_fallback_replicas: int = Field(
+        2, ge=0, description="consistent_hash: replicas tried after the image's own one when it is saturated.")
+    precompute_on_upload: bool = Field(
+        True, description="POST /v1/images computes the embedding by default (the first click is fast); "
+        "a request can skip it with precompute=false.")
+    max_objects: int = Field(16, ge=1, le=256, description="Objects per POST /v1/pvs/image request.")
+    max_points_per_object: int = Field(32, ge=1, le=256, description="Points per object.")
+    max_objects_per_forward: int = Field(64, ge=1, description="Objects per mask-decoder call; more are chunked.")
+    auto: AutoMaskConfig = Field(default_factory=AutoMaskConfig, description="Automatic mask generation.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PromptConfig":
+        if self.replica.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(f"prompt.replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be "
+                             f">= prompt.batching.max_batch_size ({self.batching.max_batch_size})")
+        if self.auto.points_per_side > self.auto.max_points_per_side:
+            raise ValueError("prompt.auto.points_per_side must be <= prompt.auto.max_points_per_side")
         return self
 
 
@@ -243,3 +321,5 @@ class AppConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact storage.")
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="Asynchronous jobs.")
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="Visual-prompt (points/boxes) and automatic segmentation deployment.")

@@ -53,7 +53,14 @@ class PcsOptions(WireModel):
     mask_threshold: FiniteFloat = Field(0.5, ge=0, le=1, description="Mask probability cut-off.")
     max_instances: int | None = Field(None, ge=1, description="Per prompt, highest scores first (default: limit).")
     mask_format: Literal["rle", "polygon", "none"] = Field("rle", description="How masks are returned.")
-    overlay: bool = Field(False, description="Also return an annotated PNG (base64).")
+    overlay: bool = Field(False, description="Also return an annotated PNG (base64, or a URL with return=url).")
+    return_: Literal["inline", "url"] = Field(
+        "inline", alias="return",
+        description='"inline": results in the response. "url": results JSON (and overlay PNG) are written to '
+        "storage and the response carries presigned GET URLs (valid storage.presign_expiry_s).",
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class PcsImageRequest(PcsOptions):
@@ -92,6 +99,71 @@ class PcsImageResponse(WireModel):
     batch_size: int = Field(..., description="Requests the model replica ran in the same batch as this one.")
 
 
+class PcsUrlResponse(WireModel):
+    """POST /v1/pcs/image with "return": "url": where the full PcsImageResponse JSON was stored."""
+
+    request_id: str
+    image_id: str
+    width: int
+    height: int
+    result_url: str = Field(..., description="Presigned GET of the PcsImageResponse JSON.")
+    overlay_url: str | None = Field(None, description="Presigned GET of the overlay PNG (overlay=true).")
+    expires_at: str = Field(..., description="When the URLs stop working (UTC, ISO 8601).")
+    timings_ms: dict[str, float]
+    batch_size: int
+
+
+class UploadRequest(WireModel):
+    """POST /v1/uploads: announce a file that the client will PUT straight to storage."""
+
+    content_type: str = Field(..., description="MIME type the PUT must send, e.g. image/jpeg or video/mp4.")
+    content_length: int = Field(..., ge=1, description="Exact size in bytes the PUT must send (<= the limit).")
+
+
+class UploadResponse(WireModel):
+    upload_id: str = Field(..., description='Use as {"image": {"upload_id": ...}} once the PUT succeeded.')
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(..., description="Send exactly these headers with the PUT (signed).")
+    expires_at: str = Field(..., description="UTC, ISO 8601.")
+    max_bytes: int = Field(..., description="Largest upload storage.max_upload_bytes allows.")
+
+
+class JobRequest(WireModel):
+    """POST /v1/jobs."""
+
+    kind: str = Field(..., description='A registered job kind, e.g. "pcs_image".')
+    input: dict = Field(..., description="The kind's input; for pcs_image the body of POST /v1/pcs/image.")
+
+
+class JobErrorView(WireModel):
+    code: str
+    message: str
+
+
+class JobView(WireModel):
+    """A job as clients see it. Result URLs appear once it succeeded (GET /v1/jobs/{id})."""
+
+    job_id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: str
+    updated_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    attempts: int = Field(..., description="Runs started so far (a replica that died mid-run counts).")
+    max_attempts: int
+    error: JobErrorView | None = None
+    result_url: str | None = Field(None, description="Presigned GET of the result JSON (succeeded jobs).")
+    overlay_url: str | None = Field(None, description="Presigned GET of the overlay PNG, if one was made.")
+    urls_expire_at: str | None = None
+
+
+class JobList(WireModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
+
+
 class ErrorDetail(WireModel):
     code: str
     message: str
@@ -100,3 +172,133 @@ class ErrorDetail(WireModel):
 
 class ErrorBody(WireModel):
     error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------------------------------
+# Images, visual prompts (clicks/boxes) and automatic masks: POST /v1/images, /v1/pvs/image, /v1/auto/image.
+
+PointXY = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="[x, y] pixels")]
+
+
+class ImageUploadRequest(WireModel):
+    """JSON body of POST /v1/images (multipart: a `file` or `image` field, plus `precompute`)."""
+
+    image: ImageRef
+    precompute: bool | None = Field(None, description="Compute the image embedding now (default: prompt."
+                                    "precompute_on_upload) so the first click is fast.")
+
+
+class ImageUploadResponse(WireModel):
+    request_id: str
+    image_id: str = Field(..., description="sha256 of the image bytes: uploading the same file again gives the same id.")
+    width: int
+    height: int
+    precomputed: bool = Field(..., description="The embedding is cached on a PromptSegmenter replica now (false when "
+                              "not asked for, or when the model replicas were busy: the first click then computes it).")
+    timings_ms: dict[str, float]
+
+
+class PvsObject(WireModel):
+    """The prompts of one object: clicks and/or a box, optionally the previous mask of this object."""
+
+    points: list[PointXY] | None = Field(None, description="Clicks [[x, y], ...], pixels of the original image.")
+    point_labels: list[Literal[0, 1]] | None = Field(
+        None, description="One per point: 1 = on the object, 0 = not on it. Default: all 1.")
+    box: BoxXYXY | None = Field(None, description="[x0, y0, x1, y1] pixels of the original image.")
+    mask_input: str | None = Field(
+        None, description="The `mask_input` this service returned for this object on the previous click: "
+        "refines that mask instead of starting over. Opaque; valid for the same model only.")
+
+
+class PvsOptions(WireModel):
+    objects: list[PvsObject] = Field(..., description="1 to prompt.max_objects objects, answered in order.")
+    multimask_output: bool = Field(
+        False, description="Also return three candidate masks per object (sorted by score); useful for a "
+        "single ambiguous click.")
+    return_mask_input: bool = Field(True, description="Return the `mask_input` handle(s) for the next click.")
+
+
+class PvsImageRequest(PvsOptions):
+    """JSON body of POST /v1/pvs/image: an uploaded image by id (fast: cached embedding) or any ImageRef."""
+
+    image_id: str | None = Field(None, description="sha256 id from POST /v1/images.")
+    image: ImageRef | None = Field(None, description="The image itself or a reference (instead of image_id).")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "PvsImageRequest":
+        if (self.image_id is None) == (self.image is None):
+            raise ValueError("give exactly one of image_id, image")
+        return self
+
+
+class MaskCandidate(WireModel):
+    score: float = Field(..., description="Predicted IoU of the mask with the object.")
+    box: list[float] = Field(..., description="Tight box of the mask [x0, y0, x1, y1] pixels (x1/y1 exclusive).")
+    area: int = Field(..., description="Mask pixels at the original resolution.")
+    mask: RleMask | None = None
+    mask_input: str | None = Field(None, description="Send back as objects[i].mask_input to refine this mask.")
+
+
+class PvsObjectResult(MaskCandidate):
+    id: int = Field(..., description="Index of the object in the request.")
+    object_score: float = Field(..., description="Probability that the prompts point at an object at all.")
+    candidates: list[MaskCandidate] | None = Field(
+        None, description="multimask_output: the three candidates, best first (the object's fields repeat the first).")
+
+
+class PvsImageResponse(WireModel):
+    request_id: str
+    image_id: str
+    width: int
+    height: int
+    objects: list[PvsObjectResult]
+    cache_hit: bool = Field(..., description="The image embedding was already cached (no vision-encoder run).")
+    timings_ms: dict[str, float]
+    batch_size: int = Field(..., description="Requests the model replica decoded together with this one.")
+
+
+class AutoOptions(WireModel):
+    """Automatic mask generation knobs; None = the server default (prompt.auto)."""
+
+    points_per_side: int | None = Field(None, ge=1, description="Grid of points_per_side^2 clicks.")
+    points_per_batch: int | None = Field(None, ge=1, le=1024, description="Grid points per decoder call.")
+    pred_iou_thresh: FiniteFloat | None = Field(None, ge=0, le=1, description="Minimum predicted IoU.")
+    stability_score_thresh: FiniteFloat | None = Field(None, ge=0, le=1, description="Minimum stability score.")
+    box_nms_thresh: FiniteFloat | None = Field(None, gt=0, le=1, description="Box IoU above which masks are suppressed.")
+    min_mask_area: int | None = Field(None, ge=0, description="Minimum mask pixels (original resolution).")
+    max_masks: int | None = Field(None, ge=1, description="At most this many masks (highest score first).")
+    sort_by: Literal["score", "area"] = Field("score", description="Order of the returned masks (descending).")
+
+
+class AutoImageRequest(AutoOptions):
+    """JSON body of POST /v1/auto/image."""
+
+    image_id: str | None = Field(None, description="sha256 id from POST /v1/images.")
+    image: ImageRef | None = Field(None, description="The image itself or a reference (instead of image_id).")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "AutoImageRequest":
+        if (self.image_id is None) == (self.image is None):
+            raise ValueError("give exactly one of image_id, image")
+        return self
+
+
+class AutoMask(WireModel):
+    id: int
+    score: float = Field(..., description="Predicted IoU.")
+    stability_score: float
+    box: list[float] = Field(..., description="[x0, y0, x1, y1] pixels (x1/y1 exclusive), the box NMS used.")
+    area: int = Field(..., description="Mask pixels at the original resolution.")
+    point: list[float] = Field(..., description="The grid click [x, y] that produced the mask.")
+    mask: RleMask
+
+
+class AutoImageResponse(WireModel):
+    request_id: str
+    image_id: str
+    width: int
+    height: int
+    masks: list[AutoMask]
+    candidates: int = Field(..., description="Masks the grid produced before filtering and NMS.")
+    cache_hit: bool
+    timings_ms: dict[str, float]

@@ -53,9 +53,18 @@ def ray_session():
     """A local Ray (logical CPUs > cores so several replicas fit) with its temp files in a test dir."""
     import ray
 
+    from tests.fixtures import s3
+
     tmp = short_tmpdir()
     os.environ["RAY_TMPDIR"] = tmp
-    ray.init(num_cpus=8, num_gpus=0, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    # Replicas inherit the environment Ray starts with: the test S3 credentials (the standard AWS env
+    # chain, as in production), and nothing that could reach a real AWS account.
+    os.environ.update(AWS_ACCESS_KEY_ID=s3.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=s3.SECRET_KEY,
+                      AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.path.join(tmp, "no-aws-config"),
+                      AWS_SHARED_CREDENTIALS_FILE=os.path.join(tmp, "no-aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
+    ray.init(num_cpus=16, num_gpus=0, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield
     from ray import serve
 
@@ -64,15 +73,28 @@ def ray_session():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def serve_args(model_dir: str, **overrides) -> dict:
-    """AppConfig args for tests: the tiny model, small fixed replica counts."""
+def serve_args(model_dir: str, storage: dict | None = None, **overrides) -> dict:
+    """AppConfig args for tests: the tiny model, small fixed replica counts, quick job leases.
+
+    `storage`: the app's StorageConfig fields (e.g. from tests.fixtures.s3.s3_storage_config(...)).
+    """
     args = {
+        "storage": storage or {},
+        "jobs": {"lease_s": 3, "heartbeat_interval_s": 1, "recovery_interval_s": 1, "queued_pickup_timeout_s": 2,
+                 "worker": {"num_cpus": 0.5, "max_ongoing_requests": 16}},
         "model": {"model_id": model_dir},
         "concept": {
             "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
             # A wait long enough that concurrent test requests reliably share a batch.
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
             "max_concurrent_batches": 1,
+        },
+        "prompt": {
+            "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
+            "cache_bytes": 8 * 1024 * 1024,  # ~60 tiny-model images (131 kB each in fp32)
+            "max_objects": 4, "max_points_per_object": 8,  # see tests/integration/test_pvs_http.py
+            "auto": {"points_per_side": 8, "max_points_per_side": 16, "points_per_batch": 32},
         },
         "ingress": {"replica": {"num_cpus": 1, "max_ongoing_requests": 64, "max_queued_requests": 128}},
         "limits": {"max_image_bytes": 200_000, "max_image_pixels": 1_000_000},  # see tests/bad_inputs.py
@@ -83,15 +105,18 @@ def serve_args(model_dir: str, **overrides) -> dict:
 
 
 @pytest.fixture(scope="session")
-def serve_url(ray_session, tiny_model_dir) -> str:
-    """Base URL of the sam3 app (real Serve proxy on 127.0.0.1) built from build_app(args)."""
+def serve_url(ray_session, tiny_model_dir, seaweedfs) -> str:
+    """Base URL of the sam3 app (real Serve proxy on 127.0.0.1) built from build_app(args), storing its
+    artifacts on the session's SeaweedFS (a fresh prefix)."""
     from ray import serve
 
     from serve_app.app import build_app
+    from tests.fixtures import s3
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(serve_args(tiny_model_dir)), name="sam3", route_prefix="/")
+    storage = s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET]).model_dump()
+    serve.run(build_app(serve_args(tiny_model_dir, storage=storage)), name="sam3", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 
@@ -100,3 +125,10 @@ def concept_handle(serve_url):
     from ray import serve
 
     return serve.get_deployment_handle("ConceptSegmenter", app_name="sam3")
+
+
+@pytest.fixture(scope="session")
+def prompt_handle(serve_url):
+    from ray import serve
+
+    return serve.get_deployment_handle("PromptSegmenter", app_name="sam3")

@@ -9,19 +9,15 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import AppConfig
 from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
-from serve_app.pipelines.pcs import PcsPipeline
 
 
 @serve.deployment
 @serve.ingress()
 class Sam3Ingress:
-    def __init__(self, concept: DeploymentHandle, config: dict):
+    def __init__(self, concept: DeploymentHandle, config: dict, job_worker: DeploymentHandle | None = None,
+                 prompt: DeploymentHandle | None = None):
         cfg = AppConfig.model_validate(config)
-        self.ctx = IngressContext(
-            config=cfg,
-            concept=concept,
-            pcs=PcsPipeline(concept, cfg.limits, cfg.ingress.model_timeout_s),
-        )
+        self.ctx = IngressContext.create(cfg, concept, job_worker=job_worker, prompt=prompt)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__ in each replica: the app's routes reach the context via app.state."""

@@ -128,5 +128,7 @@ def check_rayservice(rs: dict, *, gpu_group: str | None = "gpu", gpus_per_pod: i
         assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), tolerations
         concept = cfg["applications"][0]["args"]["concept"]["replica"]
         assert concept["num_gpus"] == gpus_per_pod, "num_gpus must be explicit on Kubernetes"
+        prompt = cfg["applications"][0]["args"].get("prompt", {}).get("replica", {})
+        assert prompt.get("num_gpus") == gpus_per_pod, "prompt.replica.num_gpus must be explicit on Kubernetes"
         assert "replicas" not in group, "the autoscaler owns `replicas`; re-applying it would fight the autoscaler"
     return cfg

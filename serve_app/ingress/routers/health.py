@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 
-MODEL_DEPLOYMENTS = ("ConceptSegmenter",)
+MODEL_DEPLOYMENTS = ("ConceptSegmenter", "PromptSegmenter")
 
 
 @router.get("/healthz", summary="Liveness: the ingress process answers")

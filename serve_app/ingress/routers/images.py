@@ -1,0 +1,101 @@
+"""POST /v1/images: store an image once (id = sha256 of its bytes) and, by default, cache its embedding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from serve_app.errors import (
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    Timeout,
+    Unavailable,
+)
+from serve_app.ingress.body import (
+    content_kind,
+    parse_json_body,
+    parse_model,
+    read_capped,
+)
+from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.errors import request_id_of
+from serve_app.schemas import ErrorBody, ImageUploadRequest, ImageUploadResponse
+
+router = APIRouter(tags=["images"])
+log = logging.getLogger("serve_app.ingress")
+
+_FORM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The image file (or use the field name `image`)."},
+        "image": {"type": "string", "format": "binary"},
+        "precompute": {"type": "boolean"},
+    },
+}
+_TRUE = ("1", "true", "yes", "on")
+
+
+@router.post(
+    "/v1/images",
+    response_model=ImageUploadResponse,
+    responses={code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503, 504)},
+    summary="Upload an image for clicks (POST /v1/pvs/image) and automatic masks",
+    description="Multipart (`file` or `image` field) or JSON {\"image\": {\"base64\"|\"upload_id\"|\"url\": ...}}. "
+    "Returns image_id = sha256 of the bytes (re-uploads dedupe). With precompute (default true) the image "
+    "embedding is computed now, so the first click is fast.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ImageUploadRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "multipart/form-data": {"schema": _FORM_SCHEMA},
+    }}},
+)
+async def upload_image(
+    request: Request,
+    ctx: Annotated[IngressContext, Depends(get_context)],
+    precompute: Annotated[bool | None, Query(description="Compute the embedding now (default: config).")] = None,
+) -> Any:
+    t0 = time.perf_counter()
+    max_bytes = ctx.config.limits.max_image_bytes
+    if content_kind(request) == "json":
+        body = parse_model(ImageUploadRequest, parse_json_body(await read_capped(request, (max_bytes * 4) // 3 + 4096)))
+        data = await ctx.images.load(body.image)
+        field_precompute = body.precompute
+    else:
+        data, field_precompute = await _parse_multipart(request, max_bytes)
+    image = await ctx.images.store(data)
+    t1 = time.perf_counter()
+    want = next((v for v in (precompute, field_precompute) if v is not None), ctx.config.prompt.precompute_on_upload)
+    done = False
+    if want:
+        try:
+            await ctx.prompts.precompute(image)
+            done = True
+        except (Overloaded, Unavailable, Timeout) as exc:  # the image is stored: the first click will encode it
+            log.warning("upload %s stored without precompute: %s %s", image.sha256, exc.code, exc.message)
+    t2 = time.perf_counter()
+    return {"request_id": request_id_of(request), "image_id": image.sha256, "width": image.width,
+            "height": image.height, "precomputed": done,
+            "timings_ms": {"store_ms": round((t1 - t0) * 1e3, 3), "embed_ms": round((t2 - t1) * 1e3, 3),
+                           "total_ms": round((t2 - t0) * 1e3, 3)}}
+
+
+async def _parse_multipart(request: Request, max_bytes: int) -> tuple[bytes, bool | None]:
+    """multipart/form-data: one file in `file` or `image`, optional `precompute`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"request body is {declared} bytes, limit {max_bytes}", "body_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # malformed multipart framing
+        raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
+    upload = form.get("file") if form.get("file") is not None else form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput("multipart field 'file' (or 'image') with the image file is required", "missing_image")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image is over {max_bytes} bytes", "image_too_large")
+    raw = form.get("precompute")
+    return data, (None if raw in (None, "") else str(raw).lower() in _TRUE)
