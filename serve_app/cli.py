@@ -1,7 +1,7 @@
 """`sam3-serve` command line. Subcommands:
 
-  sam3-serve run [--model-id ID_OR_DIR] [--config serve_config.yaml] [--host H] [--port P]
-      `serve run` on the config file with the model id / HTTP address overridden (local development).
+  sam3-serve run [--model-id ID_OR_DIR] [--storage-uri URI] [--config serve_config.yaml] [--host H] [--port P]
+      `serve run` on the config file with the model id / storage / HTTP address overridden (local development).
 
   sam3-serve cluster-status [-n NAMESPACE] [--name RAYSERVICE] [--kubeconfig PATH] [--dashboard-url URL]
       Print the deployment state as JSON; exit 0 when ready, 1 otherwise.
@@ -38,11 +38,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     config = yaml.safe_load(open(args.config))
-    if args.model_id:
-        for app in config["applications"]:
-            app.setdefault("args", {}).setdefault("model", {})["model_id"] = args.model_id
     http = config.setdefault("http_options", {})
     http.update({k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    for app in config["applications"]:
+        app_args = app.setdefault("args", {})
+        if args.model_id:
+            app_args.setdefault("model", {})["model_id"] = args.model_id
+        storage = app_args.setdefault("storage", {})
+        if args.storage_uri:
+            storage["uri"] = args.storage_uri
+        if args.port is not None:  # file:// presigned URLs point at this service's own address
+            host = http.get("host", "127.0.0.1")
+            storage["public_base_url"] = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{args.port}"
     fd, path = tempfile.mkstemp(prefix="sam3-serve-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="serve run serve_config.yaml with the model id / address overridden.")
     r.add_argument("--model-id", help="Hub id or local checkpoint directory (default: the config's).")
+    r.add_argument("--storage-uri", help="file:///abs/dir or s3://bucket/prefix (default: the config's).")
     r.add_argument("--config", default="serve_config.yaml", help="Ray Serve config file.")
     r.add_argument("--host", help="HTTP host (default: the config's).")
     r.add_argument("--port", type=int, help="HTTP port (default: the config's).")

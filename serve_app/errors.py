@@ -102,3 +102,12 @@ class Unavailable(Sam3Error):
 class Timeout(Sam3Error):
     status_code = 504
     code = "timeout"
+
+
+def format_validation_errors(errors: list[dict]) -> str:
+    """pydantic error list -> 'field.path: message; ...' (short, no input echo)."""
+    parts = []
+    for e in errors[:10]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)

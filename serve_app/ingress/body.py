@@ -7,8 +7,13 @@ import json
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from serve_app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from serve_app.ingress.errors import format_validation_errors
+from serve_app.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    format_validation_errors,
+)
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

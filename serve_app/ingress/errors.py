@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.errors import format_validation_errors
 from serve_app.pipelines.remote import RETRY_AFTER_S, translate_remote_error
 
 log = logging.getLogger("serve_app.ingress")
@@ -77,12 +78,3 @@ def _handle(request: Request, exc: BaseException) -> JSONResponse:
     retry = err.retry_after_s if err.retry_after_s is not None else (
         RETRY_AFTER_S if err.status_code in (429, 503) else None)
     return error_response(rid, err.status_code, err.code, err.message, retry)
-
-
-def format_validation_errors(errors: list[dict]) -> str:
-    """pydantic error list -> 'field.path: message; ...' (short, no input echo)."""
-    parts = []
-    for e in errors[:10]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
-        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)

@@ -111,10 +111,7 @@ class ImageLibrary:
         if get_from_bucket is None:
             raise InvalidInput("s3:// urls need the S3 storage backend", "url_not_allowed")
         try:
-            blob = await asyncio.to_thread(get_from_bucket, bucket, key)
+            blob = await asyncio.to_thread(get_from_bucket, bucket, key, self.limits.max_image_bytes)
         except NotFound:
             raise NotFound(f"no object at {url}", "image_not_found") from None
-        if blob.info.size > self.limits.max_image_bytes:
-            raise PayloadTooLarge(f"object is {blob.info.size} bytes, limit {self.limits.max_image_bytes}",
-                                  "image_too_large")
         return blob.data

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from serve_app.errors import ValidationFailed, format_validation_errors
 from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput
-from serve_app.pipelines.images import ImageLibrary
 from serve_app.pipelines.pcs import PcsPipeline, validate_options
 from serve_app.schemas import PcsImageRequest, PcsOptions
 
@@ -36,23 +35,22 @@ class PcsImageJob:
 
     name = "pcs_image"
 
-    def __init__(self, pipeline: PcsPipeline, images: ImageLibrary):
+    def __init__(self, pipeline: PcsPipeline):
         self.pipeline = pipeline
-        self.images = images
 
     def validate(self, input: dict) -> None:
         validate_options(parse_pcs_input(input), self.pipeline.limits)
 
     async def run(self, input: dict, ctx: JobContext) -> JobOutput:
         request = parse_pcs_input(input)
-        data = await self.images.load(request.image)
+        data = await self.pipeline.images.load(request.image)
         opts = PcsOptions.model_validate(request.model_dump(exclude={"image"}))
         body, overlay_png = await self.pipeline.run_parts(data, opts, request_id=ctx.job_id)
         return JobOutput(json.dumps(body).encode(), overlay_png)
 
 
-def job_kinds(pipeline: PcsPipeline, images: ImageLibrary) -> JobKindRegistry:
+def job_kinds(pipeline: PcsPipeline) -> JobKindRegistry:
     """Every kind this app knows; the ingress validates submissions with it, JobWorker runs them."""
     registry = JobKindRegistry()
-    registry.register(PcsImageJob(pipeline, images))
+    registry.register(PcsImageJob(pipeline))
     return registry

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.codecs.images import DecodedImage, decode_image, resize_square
+from serve_app.codecs.images import DecodedImage, resize_square
 from serve_app.codecs.masks import encode_rle, mask_to_polygons, upsample_masks
 from serve_app.codecs.overlay import render_overlay
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidInput
 from serve_app.model.types import ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
+from serve_app.pipelines.images import ImageLibrary
 from serve_app.pipelines.remote import call_remote
 from serve_app.schemas import PcsOptions, Prompt
 
@@ -79,8 +80,8 @@ def build_request(image: DecodedImage, opts: PcsOptions, info: ModelInfo, limits
     )
 
 
-def encode_response(image: DecodedImage, opts: PcsOptions, out: ConceptResponse) -> dict[str, Any]:
-    """Model output -> the `results` (and overlay) of a PcsImageResponse, as plain dicts."""
+def encode_response(image: DecodedImage, opts: PcsOptions, out: ConceptResponse) -> tuple[list[dict], bytes | None]:
+    """Model output -> (the `results` of a PcsImageResponse as plain dicts, the overlay PNG if asked for)."""
     results, overlay_items, next_id = [], [], 0
     for p_idx, (prompt, inst) in enumerate(zip(opts.prompts, out.results)):
         masks = upsample_masks(inst.mask_probs, image.height, image.width, opts.mask_threshold)
@@ -99,17 +100,15 @@ def encode_response(image: DecodedImage, opts: PcsOptions, out: ConceptResponse)
                 overlay_items.append((masks[k], box, f"{label} {inst.scores[k]:.2f}", p_idx))
             next_id += 1
         results.append({"prompt": prompt.model_dump(exclude_none=True), "instances": instances})
-    body: dict[str, Any] = {"results": results}
-    if opts.overlay:
-        body["overlay_png_base64"] = base64.b64encode(render_overlay(image.rgb, overlay_items)).decode("ascii")
-    return body
+    return results, (render_overlay(image.rgb, overlay_items) if opts.overlay else None)
 
 
 class PcsPipeline:
     """Runs one concept-segmentation request end to end against a ConceptSegmenter handle."""
 
-    def __init__(self, concept_handle, limits: LimitsConfig, model_timeout_s: float):
+    def __init__(self, concept_handle, images: ImageLibrary, limits: LimitsConfig, model_timeout_s: float):
         self.concept = concept_handle
+        self.images = images
         self.limits = limits
         self.model_timeout_s = model_timeout_s
         self._info: ModelInfo | None = None
@@ -119,24 +118,28 @@ class PcsPipeline:
             self._info = await call_remote(self.concept.info.remote(), self.model_timeout_s)
         return self._info
 
-    async def decode(self, data: bytes) -> DecodedImage:
-        return await asyncio.to_thread(
-            decode_image, data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels
-        )
-
     async def run(self, data: bytes, opts: PcsOptions, request_id: str) -> dict[str, Any]:
-        """Bytes of an image + options -> a PcsImageResponse dict. Raises Sam3Error subclasses."""
+        """Bytes of an image + options -> a PcsImageResponse dict (overlay inline). Raises Sam3Error subclasses."""
+        body, overlay_png = await self.run_parts(data, opts, request_id)
+        if overlay_png is not None:
+            body["overlay_png_base64"] = base64.b64encode(overlay_png).decode("ascii")
+        return body
+
+    async def run_parts(self, data: bytes, opts: PcsOptions, request_id: str) -> tuple[dict[str, Any], bytes | None]:
+        """Like `run`, but the overlay PNG (if `opts.overlay`) comes back as bytes beside the body."""
         t0 = time.perf_counter()
         validate_options(opts, self.limits)
-        image = await self.decode(data)
+        image = await self.images.decode(data)
         info = await self.model_info()
         request = await asyncio.to_thread(build_request, image, opts, info, self.limits)
         t1 = time.perf_counter()
         out: ConceptResponse = await call_remote(self.concept.segment.remote(request), self.model_timeout_s)
         t2 = time.perf_counter()
-        body = await asyncio.to_thread(encode_response, image, opts, out)
+        results, overlay_png = await asyncio.to_thread(encode_response, image, opts, out)
         t3 = time.perf_counter()
         timings = {"decode_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3, "encode_ms": (t3 - t2) * 1e3,
                    "total_ms": (t3 - t0) * 1e3, **out.timings_ms}
-        return {"request_id": request_id, "image_id": image.sha256, "width": image.width, "height": image.height,
-                **body, "timings_ms": {k: round(v, 3) for k, v in timings.items()}, "batch_size": out.batch_size}
+        body = {"request_id": request_id, "image_id": image.sha256, "width": image.width, "height": image.height,
+                "results": results, "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+                "batch_size": out.batch_size}
+        return body, overlay_png

@@ -36,7 +36,7 @@ def build_services(cfg: AppConfig, concept: Any) -> dict[str, Any]:
     """The Services fields for `cfg` (a dict, so subclasses like IngressContext can add their own)."""
     store = open_store(cfg.storage)
     images = ImageLibrary(store, cfg.storage, cfg.limits)
-    pcs = PcsPipeline(concept, cfg.limits, cfg.ingress.model_timeout_s)
-    jobs = JobService(store, cfg.jobs, job_kinds(pcs, images), tenant=cfg.storage.default_tenant)
+    pcs = PcsPipeline(concept, images, cfg.limits, cfg.ingress.model_timeout_s)
+    jobs = JobService(store, cfg.jobs, job_kinds(pcs), tenant=cfg.storage.default_tenant)
     return dict(config=cfg, concept=concept, store=store, images=images, pcs=pcs,
                 results=ResultPublisher(store, cfg.storage), jobs=jobs)

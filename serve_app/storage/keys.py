@@ -9,6 +9,8 @@ added by the backend) and always start with the tenant:
     t/{tenant}/jobs/{job_id}/record.json       a job's state (serve_app.jobs.records.JobRecord)
     t/{tenant}/jobs/{job_id}/result.json       a job's result, written before the record says succeeded
     t/{tenant}/jobs/{job_id}/overlay.png       a job's optional overlay
+    t/{tenant}/results/{result_id}/result.json  a synchronous request's result ("return": "url")
+    t/{tenant}/results/{result_id}/overlay.png  …and its overlay
     t/{tenant}/jobs-active/{job_id}            marker: the job is queued or running (recovery scans these)
     t/{tenant}/jobs-idem/{sha256(key)}         marker: Idempotency-Key -> job id and body hash
     t/{tenant}/sessions/{sid}/video            a video session's source
@@ -95,6 +97,14 @@ def image_key(tenant: str, sha256: str) -> str:
 
 def upload_key(tenant: str, upload_id: str) -> str:
     return f"{tenant_prefix(tenant)}uploads/{validate_id(upload_id, 'upload_id')}"
+
+
+def result_key(tenant: str, result_id: str) -> str:
+    return f"{tenant_prefix(tenant)}results/{validate_id(result_id, 'result_id')}/result.json"
+
+
+def result_overlay_key(tenant: str, result_id: str) -> str:
+    return f"{tenant_prefix(tenant)}results/{validate_id(result_id, 'result_id')}/overlay.png"
 
 
 def jobs_prefix(tenant: str) -> str:

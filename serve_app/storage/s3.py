@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from botocore.utils import determine_content_length
 
 from serve_app.config import StorageConfig
-from serve_app.errors import NotFound, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.errors import NotFound, PayloadTooLarge, PreconditionFailed, Sam3Error, Unavailable
 from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
 from serve_app.storage.keys import check_key
 
@@ -138,6 +138,19 @@ class S3Store(ArtifactStore):
             data = resp["Body"].read()
         info = BlobInfo(key, len(data), resp["ETag"], resp["LastModified"], resp.get("ContentType"))
         return Blob(data, info)
+
+    def get_from_bucket(self, bucket: str, key: str, max_bytes: int) -> Blob:
+        """An object of another bucket (an `s3://bucket/key` input), read with this store's client and
+        credentials. The caller checks that `bucket` is allowed; `key` is the raw S3 key. Raises
+        PayloadTooLarge, before reading the body, for an object over `max_bytes`."""
+        with self._translate("get", f"s3://{bucket}/{key}"):
+            resp = self._client.get_object(Bucket=bucket, Key=key)
+            if resp["ContentLength"] > max_bytes:
+                resp["Body"].close()
+                raise PayloadTooLarge(f"s3://{bucket}/{key} is {resp['ContentLength']} bytes, limit {max_bytes}",
+                                      "image_too_large")
+            data = resp["Body"].read()
+        return Blob(data, BlobInfo(key, len(data), resp["ETag"], resp["LastModified"], resp.get("ContentType")))
 
     def head(self, key):
         with self._translate("head", key):

@@ -151,6 +151,9 @@ def test_ci_values_reach_the_rayservice(rendered):
         "uri": "s3://sam3-ci-artifacts/serve",
         "endpoint_url": "http://minio.minio.svc:9000",
         "region": "us-east-1",
+        "presign_expiry_s": 900,
+        "max_upload_bytes": 1073741824,
+        "allowed_url_buckets": [],
     }
 
 

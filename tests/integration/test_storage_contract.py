@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -54,7 +55,7 @@ def blobs_app(store: ArtifactStore) -> FastAPI:
     app = FastAPI()
     install_error_handling(app)
     app.include_router(blobs.router)
-    app.state.artifact_store = store
+    app.state.ctx = SimpleNamespace(store=store)
     return app
 
 

@@ -17,7 +17,6 @@ from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
 from serve_app.pipelines.remote import translate_remote_error as to_sam3_error
 from serve_app.model.concept import ConceptRunner
-from serve_app.pipelines.pcs import PcsPipeline
 from tests.bad_inputs import BAD_REQUESTS, send
 from tests.helpers import png_bytes
 
@@ -39,12 +38,13 @@ class InProcessHandle:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir):
+def client(tiny_model_dir, tmp_path_factory):
     cfg = AppConfig.model_validate({"model": {"model_id": tiny_model_dir},
-                                    "limits": {"max_image_bytes": 200_000, "max_image_pixels": 1_000_000}})
+                                    "limits": {"max_image_bytes": 200_000, "max_image_pixels": 1_000_000},
+                                    "storage": {"uri": f"file://{tmp_path_factory.mktemp('store')}"}})
     handle = InProcessHandle(ConceptRunner.from_config(cfg.model))
     app = create_app()
-    app.state.ctx = IngressContext(cfg, handle, PcsPipeline(handle, cfg.limits, 30))
+    app.state.ctx = IngressContext.create(cfg, handle)
     return TestClient(app, raise_server_exceptions=False)
 
 

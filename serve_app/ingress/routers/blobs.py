@@ -6,7 +6,7 @@ PUT) made by `LocalStore.presign_*`; a bad or expired signature, or a PUT whose 
 the signed one, is a 403, as is a Content-Length other than the signed one; without a signed length, a body
 over `storage.max_upload_bytes` is a 413.
 
-The store comes from `request.app.state.artifact_store` (set when the ingress replica starts).
+The store is the replica's (IngressContext.store).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ router = APIRouter(tags=["blobs"], include_in_schema=False)
 
 def get_local_store(request: Request) -> LocalStore:
     """FastAPI dependency: the replica's store when it is a LocalStore, else 404 (S3 serves its own URLs)."""
-    store = getattr(request.app.state, "artifact_store", None)
+    store = request.app.state.ctx.store
     if not isinstance(store, LocalStore):
         raise NotFound("blobs are served by object storage in this deployment", "not_found")
     return store

@@ -11,11 +11,12 @@ from serve_app.errors import InvalidInput, PayloadTooLarge
 from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
-from serve_app.schemas import ErrorBody, PcsImageRequest, PcsImageResponse, PcsOptions
+from serve_app.schemas import ErrorBody, PcsImageRequest, PcsImageResponse, PcsOptions, PcsUrlResponse
 
 router = APIRouter(tags=["concept segmentation"])
 
-_OPTION_FIELDS = ("threshold", "mask_threshold", "max_instances", "mask_format", "overlay")
+_OPTION_FIELDS = ("threshold", "mask_threshold", "max_instances", "mask_format", "overlay", "return")
+_URL_RESPONSE_FIELDS = ("request_id", "image_id", "width", "height", "timings_ms", "batch_size")
 _FORM_SCHEMA = {
     "type": "object",
     "required": ["image"],
@@ -25,7 +26,7 @@ _FORM_SCHEMA = {
         "text": {"type": "array", "items": {"type": "string"}, "description": "Repeatable: one text prompt each."},
         "threshold": {"type": "number"}, "mask_threshold": {"type": "number"},
         "max_instances": {"type": "integer"}, "mask_format": {"type": "string", "enum": ["rle", "polygon", "none"]},
-        "overlay": {"type": "boolean"},
+        "overlay": {"type": "boolean"}, "return": {"type": "string", "enum": ["inline", "url"]},
     },
 }
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503, 504)}
@@ -33,10 +34,11 @@ _ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503,
 
 @router.post(
     "/v1/pcs/image",
-    response_model=PcsImageResponse,
-    response_model_exclude_none=True,
+    response_model=PcsImageResponse | PcsUrlResponse,
     responses=_ERRORS,
+    response_model_exclude_none=True,
     summary="Segment every instance of each concept in an image",
+    description='Results inline (PcsImageResponse), or with "return": "url" stored and linked (PcsUrlResponse).',
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": PcsImageRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         "multipart/form-data": {"schema": _FORM_SCHEMA},
@@ -47,11 +49,15 @@ async def pcs_image(request: Request, ctx: Annotated[IngressContext, Depends(get
     body_limit = (limits.max_image_bytes * 4) // 3 + 1024 * 1024  # base64 overhead + prompts
     if content_kind(request) == "json":
         body = parse_model(PcsImageRequest, parse_json_body(await read_capped(request, body_limit)))
-        data = await ctx.image_bytes(body.image)
+        data = await ctx.images.load(body.image)
         opts = PcsOptions.model_validate(body.model_dump(exclude={"image"}))
     else:
         data, opts = await _parse_multipart(request, body_limit, limits.max_image_bytes)
-    return await ctx.pcs.run(data, opts, request_id_of(request))
+    if opts.return_ == "inline":
+        return await ctx.pcs.run(data, opts, request_id_of(request))
+    body, overlay_png = await ctx.pcs.run_parts(data, opts, request_id_of(request))
+    urls = await ctx.results.publish(body, overlay_png)
+    return {**{k: body[k] for k in _URL_RESPONSE_FIELDS}, **urls}
 
 
 async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: int) -> tuple[bytes, PcsOptions]:
