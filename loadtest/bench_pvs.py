@@ -143,7 +143,8 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
     ray.init(num_cpus=8, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     port = 18766
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    gpu = {"num_gpus": num_gpus, "num_cpus": 1}
+    # concept + prompt share one GPU in the benchmark (0.5 each) so a single-GPU machine runs it
+    gpu = {"num_gpus": num_gpus / 2, "num_cpus": 1}
     args = {"model": {"model_id": model_dir}, "storage": {"uri": f"file://{store}"},
             "concept": {"replica": {**gpu, "max_ongoing_requests": 32}},
             "prompt": {"replica": {**gpu, "max_ongoing_requests": 64}, "cache_bytes": 4 * 1024**3}}

@@ -23,6 +23,7 @@ from serve_app.ingress.body import (
 )
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.openapi import inline_schema
 from serve_app.schemas import ErrorBody, ImageUploadRequest, ImageUploadResponse
 
 router = APIRouter(tags=["images"])
@@ -48,7 +49,7 @@ _TRUE = ("1", "true", "yes", "on")
     "Returns image_id = sha256 of the bytes (re-uploads dedupe). With precompute (default true) the image "
     "embedding is computed now, so the first click is fast.",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ImageUploadRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": inline_schema(ImageUploadRequest)},
         "multipart/form-data": {"schema": _FORM_SCHEMA},
     }}},
 )

@@ -18,6 +18,7 @@ from serve_app.ingress.body import (
 )
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.openapi import json_request_body
 from serve_app.schemas import (
     AutoImageRequest,
     AutoImageResponse,
@@ -34,11 +35,6 @@ router = APIRouter(tags=["visual prompts"])
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
 _MASK_INPUT_BYTES = 512 * 1024  # a mask_input handle of a 288x288 model is ~200 kB of base64 at worst
-
-
-def _openapi(model) -> dict:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _image(ctx: IngressContext, image_id: str | None, ref: ImageRef | None) -> tuple[str, bytes | None]:
@@ -58,7 +54,7 @@ async def _image(ctx: IngressContext, image_id: str | None, ref: ImageRef | None
     response_model_exclude_none=True,
     responses=_ERRORS,
     summary="Masks from clicks and boxes, several objects per call, refinable with mask_input",
-    openapi_extra=_openapi(PvsImageRequest),
+    openapi_extra=json_request_body(PvsImageRequest),
     description="Points/boxes are pixels of the original (EXIF-rotated) image. Send each object's "
     "`mask_input` from the previous answer with the next click to refine it.",
 )
@@ -74,7 +70,7 @@ async def pvs_image(request: Request, ctx: Annotated[IngressContext, Depends(get
     response_model=AutoImageResponse,
     responses=_ERRORS,
     summary="Automatic mask generation: every object in the image",
-    openapi_extra=_openapi(AutoImageRequest),
+    openapi_extra=json_request_body(AutoImageRequest),
     description="A point grid decoded on the cached image embedding, filtered by predicted IoU and stability, "
     "deduplicated by box NMS. Knobs default to the server's prompt.auto config.",
 )
