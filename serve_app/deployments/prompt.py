@@ -121,6 +121,13 @@ class PromptSegmenter:
                 "max_batch_size": self._batched._get_max_batch_size(),
                 "batch_wait_timeout_s": self._batched._get_batch_wait_timeout_s()}
 
+    def set_cache_bytes(self, max_bytes: int) -> int:
+        """Resize this replica's embedding cache now (ops/tests; the config value applies at restart).
+        Returns the number of embeddings evicted."""
+        evicted = self.runner.cache.resize(max_bytes)
+        self._export_cache_metrics()
+        return len(evicted)
+
     def reset_stats(self, clear_cache: bool = False) -> None:
         from serve_app.model.prompt import PromptStats
 

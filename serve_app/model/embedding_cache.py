@@ -83,6 +83,21 @@ class EmbeddingCache:
             self._sync()
             return evicted
 
+    def resize(self, max_bytes: int) -> list[str]:
+        """Change the budget; evicts least-recently-used entries until the rest fits. Returns them."""
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        with self._lock:
+            self.max_bytes = self._stats.max_bytes = int(max_bytes)
+            evicted = []
+            while self._items and self._bytes > self.max_bytes:
+                k, (_, size) = self._items.popitem(last=False)
+                self._bytes -= size
+                evicted.append(k)
+            self._stats.evictions += len(evicted)
+            self._sync()
+            return evicted
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

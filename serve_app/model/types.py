@@ -115,7 +115,8 @@ class PromptObject:
 class PromptRequest:
     """Clicks/boxes on one image, as the PromptSegmenter receives it.
 
-    image_id: sha256 of the image bytes; the key of the replica's embedding cache.
+    image_id: the key of the replica's embedding cache: "{tenant}/{sha256 of the image bytes}" from the
+        ingress (any string to the model layer).
     objects: one PromptObject per object (may be empty: then the call only fills the cache).
     pixels: uint8 (S,S,3) RGB, the EXIF-corrected image resized (aspect NOT kept) to the model's square
         input size S, or None: the replica then answers from its cache or returns EmbeddingMiss.

@@ -1,7 +1,8 @@
 """Clicks, boxes and automatic masks on a CPU replica: validate -> PromptSegmenter -> upsample -> RLE.
 
 The cache protocol (correctness never depends on routing):
-1. call the PromptSegmenter replica chosen for the image (`session_id=image_id`, consistent hashing)
+1. call the PromptSegmenter replica chosen for the image (`session_id` = the tenant-scoped cache key
+   "{tenant}/{image_id}", consistent hashing)
    WITHOUT pixels; a replica holding the embedding answers at once (no vision encoder);
 2. on EmbeddingMiss, load the image (storage for an image_id, or the request's own bytes), decode,
    resize to the model's S x S on this CPU replica, and call again WITH pixels: the replica encodes,
@@ -123,10 +124,15 @@ class PromptPipeline:
         self.model_timeout_s = model_timeout_s
         self._info: ModelInfo | None = None
 
-    def _handle(self, image_id: str):
-        """The handle routed to the replica that owns `image_id` (ConsistentHashRouter key)."""
+    def cache_key(self, image_id: str) -> str:
+        """The replica-side key of an image's embedding: tenant-scoped, so a tenant can never be answered
+        from another tenant's cached image (a hit skips the storage read that checks ownership)."""
+        return f"{self.images.tenant}/{image_id}"
+
+    def _handle(self, key: str):
+        """The handle routed to the replica that owns `key` (ConsistentHashRouter session id)."""
         if self.cfg.routing == "consistent_hash":
-            return self.prompt.options(session_id=image_id)
+            return self.prompt.options(session_id=key)
         return self.prompt
 
     async def model_info(self) -> ModelInfo:
@@ -141,15 +147,16 @@ class PromptPipeline:
     async def precompute(self, image: DecodedImage) -> bool:
         """Cache `image`'s embedding on its replica. Returns True if it was cached already."""
         pixels = await self.pixels(image)
-        return await call_remote(
-            self._handle(image.sha256).embed.remote(image.sha256, pixels, (image.height, image.width)),
-            self.model_timeout_s)
+        key = self.cache_key(image.sha256)
+        return await call_remote(self._handle(key).embed.remote(key, pixels, (image.height, image.width)),
+                                 self.model_timeout_s)
 
-    async def _call(self, image_id: str, method: str, request, load: Callable[[], Awaitable[DecodedImage]],
+    async def _call(self, method: str, request, load: Callable[[], Awaitable[DecodedImage]],
                     timings: dict[str, float]):
         """The cache protocol: without pixels first; on EmbeddingMiss load + resize, then with pixels."""
+        handle = getattr(self._handle(request.image_id), method)
         t0 = time.perf_counter()
-        out = await call_remote(getattr(self._handle(image_id), method).remote(request), self.model_timeout_s)
+        out = await call_remote(handle.remote(request), self.model_timeout_s)
         timings["model_ms"] = (time.perf_counter() - t0) * 1e3
         if not isinstance(out, EmbeddingMiss):
             return out
@@ -158,7 +165,7 @@ class PromptPipeline:
         pixels = await self.pixels(image)
         request = dataclasses.replace(request, pixels=pixels, original_hw=(image.height, image.width))
         t2 = time.perf_counter()
-        out = await call_remote(getattr(self._handle(image_id), method).remote(request), self.model_timeout_s)
+        out = await call_remote(handle.remote(request), self.model_timeout_s)
         t3 = time.perf_counter()
         timings.update(load_ms=(t2 - t1) * 1e3, model_ms=timings["model_ms"] + (t3 - t2) * 1e3)
         if isinstance(out, EmbeddingMiss):  # cannot happen: the request carried pixels
@@ -180,8 +187,8 @@ class PromptPipeline:
         info = await self.model_info()
         objects = tuple(to_prompt_object(o, i, info.mask_size) for i, o in enumerate(opts.objects))
         timings: dict[str, float] = {}
-        request = PromptRequest(image_id, objects, multimask_output=opts.multimask_output)
-        out: PromptResponse = await self._call(image_id, "segment", request, self._loader(image_id, data), timings)
+        request = PromptRequest(self.cache_key(image_id), objects, multimask_output=opts.multimask_output)
+        out: PromptResponse = await self._call("segment", request, self._loader(image_id, data), timings)
         t1 = time.perf_counter()
         objs = await asyncio.to_thread(encode_objects, out, opts)
         t2 = time.perf_counter()
@@ -200,14 +207,14 @@ class PromptPipeline:
         if pick["points_per_side"] > d.max_points_per_side:
             raise InvalidInput(f"points_per_side limit is {d.max_points_per_side}", "points_per_side_too_large")
         pick["max_masks"] = min(pick["max_masks"], d.max_masks)
-        return AutoRequest(image_id, stability_score_offset=d.stability_score_offset, **pick)
+        return AutoRequest(self.cache_key(image_id), stability_score_offset=d.stability_score_offset, **pick)
 
     async def auto(self, image_id: str, data: bytes | None, opts: AutoOptions, request_id: str) -> dict[str, Any]:
         """Automatic masks for one image -> an AutoImageResponse dict."""
         t0 = time.perf_counter()
         request = self.auto_request(image_id, opts)
         timings: dict[str, float] = {}
-        out: AutoResponse = await self._call(image_id, "auto", request, self._loader(image_id, data), timings)
+        out: AutoResponse = await self._call("auto", request, self._loader(image_id, data), timings)
         t1 = time.perf_counter()
         masks = await asyncio.to_thread(encode_auto, out, opts.sort_by)
         t2 = time.perf_counter()

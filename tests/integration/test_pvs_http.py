@@ -132,6 +132,31 @@ def test_cache_miss_recomputes_from_storage(serve_url, prompt_handle):
     assert stats(prompt_handle)["vision_calls"] == 1
 
 
+def test_eviction_under_a_tiny_cache_still_answers_correctly(serve_url, prompt_handle):
+    """Shrink the live replica's cache to ~1.5 tiny embeddings: every new image evicts the previous one,
+    and clicks on evicted images are recomputed from storage with the same answers."""
+    ids = [upload(serve_url, png_bytes(110, 80, seed=50 + i))["image_id"] for i in range(2)]
+    bodies = [{"image_id": iid, "objects": [{"points": [[40, 30]], "point_labels": [1]}]} for iid in ids]
+    cached = [click(serve_url, b) for b in bodies]
+    assert all(c["cache_hit"] for c in cached)
+    one_embedding = stats(prompt_handle)["cache_bytes"] // stats(prompt_handle)["cache_entries"]
+    limit = stats(prompt_handle)["cache_max_bytes"]
+    try:
+        prompt_handle.set_cache_bytes.remote(int(1.5 * one_embedding)).result()
+        before = stats(prompt_handle)
+        assert before["cache_entries"] == 1
+        for _ in range(2):
+            for body, ref in zip(bodies, cached):
+                out = click(serve_url, body)
+                assert out["objects"] == ref["objects"]
+        after = stats(prompt_handle)
+        assert after["cache_entries"] == 1 and after["cache_bytes"] <= 1.5 * one_embedding
+        assert after["cache_evictions"] > before["cache_evictions"]
+        assert after["vision_calls"] > before["vision_calls"]
+    finally:
+        prompt_handle.set_cache_bytes.remote(limit).result()
+
+
 def test_concurrent_clicks_on_different_images(serve_url):
     ids = [upload(serve_url, png_bytes(90 + 5 * i, 70, seed=30 + i))["image_id"] for i in range(4)]
     jobs = [(ids[i % 4], [[10 + i, 20], [40, 30 + i]]) for i in range(12)]

@@ -225,3 +225,11 @@ def test_auto_masks(runner):
     assert none.mask_logits.shape == (0, 32, 32) and none.boxes_xyxy.shape == (0, 4)
     with pytest.raises(InvalidInput):
         r.auto(AutoRequest(iid, points_per_side=0))
+
+
+def test_embedding_cache_resize_evicts_oldest():
+    c = EmbeddingCache(100)
+    for k in "abc":
+        c.put(k, k, 30)
+    assert c.resize(65) == ["a"] and c.keys() == ["b", "c"] and c.stats().max_bytes == 65
+    assert c.resize(35) == ["b"] and c.put("d", "d", 30) == ["c"] and c.nbytes == 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,8 +46,9 @@ def test_validate_objects(objects, code):
 
 def test_auto_knobs_default_to_config_and_respect_bounds():
     cfg = PromptConfig(auto={"points_per_side": 8, "max_points_per_side": 12, "max_masks": 50})
-    pipe = PromptPipeline(None, None, cfg, 1.0)
+    pipe = PromptPipeline(None, SimpleNamespace(tenant="acme"), cfg, 1.0)
     req = pipe.auto_request("a" * 64, AutoOptions(box_nms_thresh=0.5, max_masks=500))
+    assert req.image_id == "acme/" + "a" * 64  # the replica's cache key is tenant-scoped
     assert (req.points_per_side, req.box_nms_thresh, req.max_masks) == (8, 0.5, 50)
     assert req.pred_iou_thresh == cfg.auto.pred_iou_thresh and req.pixels is None
     with pytest.raises(InvalidInput) as err:
