@@ -18,18 +18,31 @@ from serve_app.config import AppConfig, PromptConfig, ReplicaConfig
 log = logging.getLogger(__name__)
 
 
-def cluster_has_gpu() -> bool:
-    """True when the Ray cluster this app is being built for has at least one GPU right now."""
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster this app is being built for, right now (0 without Ray)."""
     import ray
 
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
-def deployment_options(replica: ReplicaConfig, *, gpu: bool) -> dict[str, Any]:
-    """ReplicaConfig -> kwargs for `Deployment.options`. `gpu` marks deployments that want a GPU."""
+def cluster_has_gpu() -> bool:
+    """True when the Ray cluster this app is being built for has at least one GPU right now."""
+    return cluster_gpus() > 0
+
+
+def auto_gpu_share(cfg: AppConfig) -> float:
+    """What num_gpus 'auto' means for each model deployment: one GPU, or half of it when the cluster has a
+    single GPU and both ConceptSegmenter and PromptSegmenter are 'auto' (else one would wait forever)."""
+    both_auto = cfg.concept.replica.num_gpus == "auto" and cfg.prompt.replica.num_gpus == "auto"
+    return 0.5 if both_auto and 0 < cluster_gpus() < 2 else 1.0
+
+
+def deployment_options(replica: ReplicaConfig, *, gpu: bool, auto_gpus: float = 1.0) -> dict[str, Any]:
+    """ReplicaConfig -> kwargs for `Deployment.options`. `gpu` marks deployments that want a GPU; 'auto'
+    then resolves to `auto_gpus` when the cluster has a GPU, else 0."""
     num_gpus = replica.num_gpus
     if num_gpus == "auto":
-        num_gpus = 1 if gpu and cluster_has_gpu() else 0
+        num_gpus = auto_gpus if gpu and cluster_has_gpu() else 0
     actor_options: dict[str, Any] = {"num_cpus": replica.num_cpus, "num_gpus": num_gpus}
     if replica.accelerator_type:
         actor_options["accelerator_type"] = replica.accelerator_type
@@ -71,12 +84,13 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from serve_app.deployments.prompt import PromptSegmenter
 
     cfg = AppConfig.model_validate(args or {})
+    gpu_share = auto_gpu_share(cfg)
     concept = ConceptSegmenter.options(
-        **deployment_options(cfg.concept.replica, gpu=True),
+        **deployment_options(cfg.concept.replica, gpu=True, auto_gpus=gpu_share),
         user_config=cfg.concept.batching.model_dump(),
     ).bind(cfg.model.model_dump(), cfg.concept.model_dump())
     prompt = PromptSegmenter.options(
-        **deployment_options(cfg.prompt.replica, gpu=True),
+        **deployment_options(cfg.prompt.replica, gpu=True, auto_gpus=gpu_share),
         **prompt_routing(cfg.prompt),
         user_config=cfg.prompt.batching.model_dump(),
     ).bind(cfg.model.model_dump(), cfg.prompt.model_dump())

@@ -70,7 +70,8 @@ class ReplicaConfig(StrictModel):
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
     num_gpus: float | Literal["auto"] = Field(
         0.0, description="GPUs per replica. 'auto' = 1 if the Ray cluster has a GPU when the app is built, "
-        "else 0 (laptops). Set it explicitly on clusters whose GPU pool may scale to zero."
+        "else 0 (laptops); on a single-GPU cluster concept and prompt both on 'auto' get 0.5 each (they share "
+        "it). Set it explicitly on clusters whose GPU pool may scale to zero."
     )
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' (optional).")
     max_ongoing_requests: int = Field(16, ge=1, description="Requests a replica works on at once.")
@@ -266,16 +267,16 @@ class PromptConfig(StrictModel):
     replicas, each with an LRU of image embeddings.
 
     GPU sharing: by default PromptSegmenter and ConceptSegmenter get GPUs of their own (num_gpus 'auto' = 1
-    each when the cluster has GPUs), so a click (a few ms of decoder work) never queues behind a concept
-    batch and the two scale independently. To put both on one GPU set concept.replica.num_gpus and
-    prompt.replica.num_gpus to fractions (e.g. 0.5 + 0.5): the weights (~1.7 GB + ~0.9 GB in bf16) plus
+    each when the cluster has two or more GPUs), so a click (a few ms of decoder work) never queues behind
+    a concept batch and the two scale independently. On a single-GPU cluster 'auto' gives each 0.5 (they
+    share it); fractions can also be set explicitly. Shared, the weights (~1.7 GB + ~0.9 GB in bf16) plus
     cache_bytes must fit in the GPU's memory.
     """
 
     replica: ReplicaConfig = Field(
         default_factory=_prompt_replica,
-        description="Placement and scaling. num_gpus 'auto' = 1 GPU per replica when the cluster has GPUs "
-        "(not shared with ConceptSegmenter); use fractions on both deployments to share one GPU.",
+        description="Placement and scaling. num_gpus 'auto' = 1 GPU per replica (not shared with "
+        "ConceptSegmenter) when the cluster has 2+ GPUs, 0.5 on a single-GPU cluster; or set fractions.",
     )
     batching: BatchingConfig = Field(
         default_factory=lambda: BatchingConfig(max_batch_size=16, batch_wait_timeout_s=0.002),

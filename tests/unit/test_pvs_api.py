@@ -70,3 +70,16 @@ def test_encode_objects_best_first_with_handles():
     assert top_left.shape == (40, 60) and top_left[:15, :25].all() and not top_left[25:, 35:].any()
     single = encode_objects(out, PvsOptions(objects=[{"points": [[1, 1]]}], return_mask_input=False))[0]
     assert "candidates" not in single and "mask_input" not in single and single["object_score"] == 0.7
+
+
+@pytest.mark.parametrize("gpus,concept_gpus,share", [(0, "auto", 1.0), (1, "auto", 0.5), (4, "auto", 1.0), (1, 1, 1.0)])
+def test_auto_gpus_share_a_single_gpu(monkeypatch, gpus, concept_gpus, share):
+    """Two model deployments on 'auto' on a one-GPU machine get half each (else one would never start)."""
+    from serve_app import app
+    from serve_app.config import AppConfig, ReplicaConfig
+
+    monkeypatch.setattr(app, "cluster_gpus", lambda: float(gpus))
+    cfg = AppConfig(concept={"replica": {"num_gpus": concept_gpus}})
+    assert app.auto_gpu_share(cfg) == share
+    opts = app.deployment_options(ReplicaConfig(num_gpus="auto"), gpu=True, auto_gpus=share)
+    assert opts["ray_actor_options"]["num_gpus"] == (share if gpus else 0)
