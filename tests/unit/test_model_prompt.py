@@ -233,3 +233,16 @@ def test_embedding_cache_resize_evicts_oldest():
         c.put(k, k, 30)
     assert c.resize(65) == ["a"] and c.keys() == ["b", "c"] and c.stats().max_bytes == 65
     assert c.resize(35) == ["b"] and c.put("d", "d", 30) == ["c"] and c.nbytes == 30
+
+
+def test_bfloat16_path_runs_end_to_end(tiny_model_dir):
+    """The GPU dtype (bf16) on CPU: points/boxes stay fp32 until normalised, mask inputs are cast, outputs are
+    fp16/fp32 numpy, and the cache accounts the halved embedding size."""
+    r = PromptRunner.from_config(ModelConfig(model_id=tiny_model_dir, dtype="bfloat16"), cache_bytes=10**7)
+    first = r.run([with_pixels(7, [pts([10, 20], [50, 40], labels=[1, 0], box=[5, 5, 60, 70])], multimask=True)])[0]
+    assert first.objects[0].mask_logits.dtype == np.float16 and first.objects[0].scores.dtype == np.float32
+    again = r.run([PromptRequest(image(7)[0], (pts([10, 20], mask=first.objects[0].mask_logits[0]),))])[0]
+    assert isinstance(again, PromptResponse) and again.cache_hit
+    assert r.cache.nbytes == TINY_EMBEDDING_BYTES // 2
+    auto = r.auto(AutoRequest(image(7)[0], points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0))
+    assert auto.mask_logits.dtype == np.float16 and len(auto.scores) >= 1
