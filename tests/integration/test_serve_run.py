@@ -4,14 +4,13 @@ and port overridden) answers a request. Runs its own Ray (separate temp dir) in 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import requests
-
-import shutil
 
 from serve_app.config import StorageConfig
 from serve_app.storage import open_store

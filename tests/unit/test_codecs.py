@@ -62,7 +62,8 @@ def test_byte_and_pixel_limits():
 
 def test_decompression_bomb_is_rejected_before_decoding():
     # A 20000x20000 PNG of zeros compresses to a few hundred KB but would decode to 1.2 GB.
-    import zlib, struct
+    import struct
+    import zlib
 
     w = h = 20000
     raw = zlib.compress(b"".join(b"\x00" + b"\x00" * w for _ in range(64)))  # only 64 rows of data
@@ -77,6 +78,7 @@ def test_decompression_bomb_is_rejected_before_decoding():
 def test_unsupported_formats_and_content_types():
     img = rgb_image(16, 16)
     import io
+
     from PIL import Image
 
     buf = io.BytesIO()

@@ -15,8 +15,8 @@ from serve_app.config import AppConfig
 from serve_app.errors import Sam3Error, Unavailable
 from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
-from serve_app.pipelines.remote import translate_remote_error as to_sam3_error
 from serve_app.model.concept import ConceptRunner
+from serve_app.pipelines.remote import translate_remote_error as to_sam3_error
 from tests.bad_inputs import BAD_REQUESTS, send
 from tests.helpers import png_bytes
 

@@ -15,7 +15,7 @@ def _readme() -> str:
 def test_ci_runs_exactly_the_readme_test_command():
     blocks = re.findall(r"```bash\n(.*?)\n```", _readme(), re.S)
     test_cmd = next(b for b in blocks if "pytest" in b).strip()
-    ci_lines = [l.strip() for l in (REPO / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    ci_lines = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert ci_lines[-1] == test_cmd
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from serve_app.errors import Sam3Error
 from serve_app.ingress.body import parse_json_body, parse_model, read_capped
 from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.openapi import json_request_body
 from serve_app.jobs.records import JobRecord
 from serve_app.pipelines.remote import call_remote
 from serve_app.pipelines.results import ResultPublisher, expiry_iso
@@ -69,6 +70,7 @@ async def _dispatch(ctx: IngressContext, job_id: str) -> None:
     response_model_exclude_none=True,
     responses={code: {"model": ErrorBody} for code in (400, 409, 413, 422, 503)},
     summary="Submit a job (202 + Location); poll GET /v1/jobs/{job_id}",
+    openapi_extra=json_request_body(JobRequest),
     description="An `Idempotency-Key` header makes retries safe: the same key with the same body returns "
     "the same job; with another body it is a 409.",
 )

@@ -11,6 +11,7 @@ from serve_app.errors import InvalidInput, PayloadTooLarge
 from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.openapi import inline_schema
 from serve_app.schemas import ErrorBody, PcsImageRequest, PcsImageResponse, PcsOptions, PcsUrlResponse
 
 router = APIRouter(tags=["concept segmentation"])
@@ -40,7 +41,7 @@ _ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503,
     summary="Segment every instance of each concept in an image",
     description='Results inline (PcsImageResponse), or with "return": "url" stored and linked (PcsUrlResponse).',
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": PcsImageRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": inline_schema(PcsImageRequest)},
         "multipart/form-data": {"schema": _FORM_SCHEMA},
     }}},
 )

@@ -11,6 +11,7 @@ from serve_app.codecs.images import SUPPORTED_CONTENT_TYPES
 from serve_app.errors import PayloadTooLarge, UnsupportedMediaType
 from serve_app.ingress.body import parse_json_body, parse_model, read_capped
 from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.openapi import json_request_body
 from serve_app.schemas import ErrorBody, UploadRequest, UploadResponse
 from serve_app.storage import keys
 
@@ -28,6 +29,7 @@ UPLOAD_CONTENT_TYPES = (SUPPORTED_CONTENT_TYPES - {"application/octet-stream"}) 
     status_code=201,
     responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)},
     summary="Get a presigned PUT URL for a large image or video",
+    openapi_extra=json_request_body(UploadRequest),
     description="PUT the file to `url` with exactly `headers` before `expires_at` (storage rejects another "
     "Content-Type or size), then pass {\"upload_id\": ...} as the image of any request. The file is "
     "checked (type, size, decodable) when first used.",
