@@ -16,33 +16,19 @@ Sections
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench_common import base_parser, setup, summary, write_result
 
 BATCH_SIZES = (1, 2, 4, 8)
 TEXTS = ("car", "person", "dog", "tree", "red shirt", "bicycle", "cat", "house")
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
-
-
-def summary(latencies_ms: list[float]) -> dict:
-    return {"p50_ms": pct(latencies_ms, 50), "p95_ms": pct(latencies_ms, 95), "p99_ms": pct(latencies_ms, 99),
-            "mean_ms": statistics.fmean(latencies_ms)}
 
 
 def test_image(width: int, height: int, seed: int) -> np.ndarray:
@@ -187,37 +173,18 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "full-random"], default="tiny")
-    parser.add_argument("--model-dir", help="use this checkpoint directory instead of building one")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser = base_parser(__doc__, "loadtest/results/pcs.json")
     parser.add_argument("--prompts", type=int, default=2, help="prompts per image")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--per-client", type=int, default=8, help="served requests per concurrent client")
-    parser.add_argument("--skip-served", action="store_true")
-    parser.add_argument("--out", default="loadtest/results/pcs.json")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    import torch
-
-    from serve_app.devtools.tiny_model import build_tiny_checkpoint
-
-    model_dir = args.model_dir or str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="bench-ckpt-"),
-                                                            full_size=args.model == "full-random"))
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    result = {"command": " ".join(["python"] + sys.argv), "model": args.model, "device": device,
-              "torch": torch.__version__, "image": "1024x768 JPEG", "prompts_per_image": args.prompts,
+    model_dir, cuda, header = setup(args)
+    result = {**header, "image": "1024x768 JPEG", "prompts_per_image": args.prompts,
               "model_only": bench_model(model_dir, args.prompts, args.iters, args.device),
               "mask_encoding": bench_masks(max(3, args.iters // 4))}
     if not args.skip_served:
         result["served"] = bench_served(model_dir, args.prompts, args.per_client, 1 if cuda else 0)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out}")
+    write_result(result, args.out, plot)
 
 
 if __name__ == "__main__":

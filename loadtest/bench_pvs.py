@@ -22,33 +22,18 @@ Sections
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench_common import base_parser, setup, summary, write_result
 
 W, H = 1024, 768
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
-
-
-def summary(latencies_ms: list[float]) -> dict:
-    return {"n": len(latencies_ms), "p50_ms": pct(latencies_ms, 50), "p95_ms": pct(latencies_ms, 95),
-            "p99_ms": pct(latencies_ms, 99), "mean_ms": statistics.fmean(latencies_ms)}
 
 
 def test_image(seed: int) -> np.ndarray:
@@ -256,36 +241,16 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "full-random"], default="tiny")
-    parser.add_argument("--model-dir", help="use this checkpoint directory instead of building one")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser = base_parser(__doc__, "loadtest/results/pvs.json")
     parser.add_argument("--iters", type=int, default=20, help="model-only iterations")
     parser.add_argument("--clicks", type=int, default=100, help="warm clicks over HTTP")
     parser.add_argument("--cold", type=int, default=20, help="cold images (first click each)")
-    parser.add_argument("--skip-served", action="store_true")
-    parser.add_argument("--out", default="loadtest/results/pvs.json")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    import torch
-
-    from serve_app.devtools.tiny_model import build_tiny_checkpoint
-
-    model_dir = args.model_dir or str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="bench-ckpt-"),
-                                                            full_size=args.model == "full-random"))
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    result = {"command": " ".join(["python"] + sys.argv), "model": args.model, "device": device,
-              "torch": torch.__version__, "image": f"{W}x{H} JPEG",
-              "model_only": bench_model(model_dir, args.iters, args.device)}
+    model_dir, cuda, header = setup(args)
+    result = {**header, "image": f"{W}x{H} JPEG", "model_only": bench_model(model_dir, args.iters, args.device)}
     if not args.skip_served:
         result["served"] = bench_served(model_dir, args.clicks, args.cold, 1 if cuda else 0)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out}")
+    write_result(result, args.out, plot)
 
 
 if __name__ == "__main__":
