@@ -115,7 +115,7 @@ def serve_url(ray_session, tiny_model_dir, seaweedfs) -> str:
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    storage = s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET]).model_dump()
+    storage = s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET, "sam3-no-such-bucket"]).model_dump()
     serve.run(build_app(serve_args(tiny_model_dir, storage=storage)), name="sam3", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 

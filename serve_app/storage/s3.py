@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from botocore.utils import determine_content_length
 
 from serve_app.config import StorageConfig
-from serve_app.errors import NotFound, PayloadTooLarge, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.errors import Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Sam3Error, Unavailable
 from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
 from serve_app.storage.keys import check_key
 
@@ -143,8 +143,17 @@ class S3Store(ArtifactStore):
         """An object of another bucket (an `s3://bucket/key` input), read with this store's client and
         credentials. The caller checks that `bucket` is allowed; `key` is the raw S3 key. Raises
         PayloadTooLarge, before reading the body, for an object over `max_bytes`."""
-        with self._translate("get", f"s3://{bucket}/{key}"):
-            resp = self._client.get_object(Bucket=bucket, Key=key)
+        url = f"s3://{bucket}/{key}"
+        with self._translate("get", url):
+            try:
+                resp = self._client.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:  # the caller's bucket, not ours: its 403/404 are the client's problem
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("AccessDenied", "AllAccessDisabled", "403"):
+                    raise Forbidden(f"the service may not read {url}", "url_forbidden") from exc
+                if code == "NoSuchBucket":
+                    raise NotFound(f"no bucket {bucket}", "object_not_found") from exc
+                raise
             if resp["ContentLength"] > max_bytes:
                 resp["Body"].close()
                 raise PayloadTooLarge(f"s3://{bucket}/{key} is {resp['ContentLength']} bytes, limit {max_bytes}",

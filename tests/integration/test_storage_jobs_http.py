@@ -112,6 +112,7 @@ def test_image_by_s3_url_within_allowed_buckets(serve_url, seaweedfs, inline_res
     seaweedfs.client().put_object(Bucket=BUCKET, Key="external/huge.png", Body=b"0" * 250_000)  # limit: 200 kB
     for url, status, code in [(f"s3://{BUCKET}/external/missing.png", 404, "image_not_found"),
                               (f"s3://{BUCKET}/external/huge.png", 413, "image_too_large"),
+                              ("s3://sam3-no-such-bucket/a.png", 404, "image_not_found"),
                               ("s3://some-other-bucket/a.png", 400, "url_not_allowed"),
                               ("https://example.com/a.png", 400, "unsupported_url")]:
         r = pcs(serve_url, {"url": url})
