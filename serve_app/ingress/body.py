@@ -6,6 +6,7 @@ import json
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
 
 from serve_app.errors import (
     InvalidInput,
@@ -28,6 +29,28 @@ async def read_capped(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body is over {limit} bytes", "body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_form_file(
+    request: Request, names: tuple[str, ...], *, max_file_bytes: int, body_limit: int, max_fields: int
+) -> tuple[bytes, FormData]:
+    """multipart/form-data: the bytes of the first file field in `names` (413 over `max_file_bytes`) and
+    the whole form for the other fields. 413 for a declared body over `body_limit`, 400 for bad framing."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes, limit {body_limit}", "body_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=max_fields)
+    except Exception as exc:  # malformed multipart framing
+        raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
+    upload = next((form.get(n) for n in names if form.get(n) is not None), None)
+    if upload is None or isinstance(upload, str):
+        wanted = " or ".join(repr(n) for n in names)
+        raise InvalidInput(f"multipart field {wanted} (the image file) is required", "missing_image")
+    data = await upload.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        raise PayloadTooLarge(f"image is over {max_file_bytes} bytes", "image_too_large")
+    return data, form
 
 
 def parse_model(model: type[BaseModel], data: object) -> BaseModel:

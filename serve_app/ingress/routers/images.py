@@ -8,19 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from serve_app.errors import (
-    InvalidInput,
-    Overloaded,
-    PayloadTooLarge,
-    Timeout,
-    Unavailable,
-)
-from serve_app.ingress.body import (
-    content_kind,
-    parse_json_body,
-    parse_model,
-    read_capped,
-)
+from serve_app.errors import Overloaded, Timeout, Unavailable
+from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped, read_form_file
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
 from serve_app.ingress.openapi import inline_schema
@@ -85,18 +74,7 @@ async def upload_image(
 
 async def _parse_multipart(request: Request, max_bytes: int) -> tuple[bytes, bool | None]:
     """multipart/form-data: one file in `file` or `image`, optional `precompute`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"request body is {declared} bytes, limit {max_bytes}", "body_too_large")
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except Exception as exc:  # malformed multipart framing
-        raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
-    upload = form.get("file") if form.get("file") is not None else form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise InvalidInput("multipart field 'file' (or 'image') with the image file is required", "missing_image")
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"image is over {max_bytes} bytes", "image_too_large")
+    data, form = await read_form_file(request, ("file", "image"), max_file_bytes=max_bytes,
+                                      body_limit=max_bytes + 64 * 1024, max_fields=8)
     raw = form.get("precompute")
     return data, (None if raw in (None, "") else str(raw).lower() in _TRUE)

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from serve_app.errors import InvalidInput, PayloadTooLarge
-from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped
+from serve_app.errors import InvalidInput
+from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped, read_form_file
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
 from serve_app.ingress.openapi import inline_schema
@@ -63,19 +63,8 @@ async def pcs_image(request: Request, ctx: Annotated[IngressContext, Depends(get
 
 async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: int) -> tuple[bytes, PcsOptions]:
     """multipart/form-data: `image` file + `prompts` (JSON list) or repeated `text` fields + options."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes, limit {body_limit}", "body_too_large")
-    try:
-        form = await request.form(max_files=1, max_fields=64)
-    except Exception as exc:  # malformed multipart framing
-        raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise InvalidInput("multipart field 'image' (a file) is required", "missing_image")
-    data = await upload.read(max_image_bytes + 1)
-    if len(data) > max_image_bytes:
-        raise PayloadTooLarge(f"image is over {max_image_bytes} bytes", "image_too_large")
+    data, form = await read_form_file(request, ("image",), max_file_bytes=max_image_bytes, body_limit=body_limit,
+                                      max_fields=64)
     raw: dict[str, Any] = {k: form.get(k) for k in _OPTION_FIELDS if form.get(k) not in (None, "")}
     if "prompts" in form:
         try:
