@@ -39,11 +39,3 @@ class JobWorker:
         """Start running `job_id` in the background; returns this worker's id at once."""
         self.runner.dispatch(job_id)
         return self.owner_id
-
-    async def recover_now(self) -> list[str]:
-        """One recovery pass now (tests and operators); the job ids it started."""
-        return await self.runner.recover_once()
-
-    async def active_jobs(self) -> list[str]:
-        """Job ids this replica is running (or about to)."""
-        return self.runner.active

@@ -15,14 +15,13 @@ from serve_app.pipelines.services import Services, build_services
 @dataclass
 class IngressContext(Services):
     job_worker: Any = None  # DeploymentHandle to JobWorker (None: jobs are only run by recovery)
-    prompt: Any = None  # DeploymentHandle to PromptSegmenter
     prompts: PromptPipeline | None = None  # uploads' precompute, clicks, automatic masks
 
     @classmethod
     def create(cls, cfg: AppConfig, concept: Any, job_worker: Any = None, prompt: Any = None) -> IngressContext:
         services = build_services(cfg, concept)
         prompts = PromptPipeline(prompt, services["images"], cfg.prompt, cfg.ingress.model_timeout_s)
-        return cls(**services, job_worker=job_worker, prompt=prompt, prompts=prompts)
+        return cls(**services, job_worker=job_worker, prompts=prompts)
 
 
 def get_context(request: Request) -> IngressContext:

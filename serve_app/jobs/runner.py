@@ -71,11 +71,6 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._recovery = None
 
-    @property
-    def active(self) -> list[str]:
-        """Job ids this worker is running or about to run."""
-        return sorted(self._active)
-
     def dispatch(self, job_id: str) -> None:
         """Run `job_id` in the background (fire and forget: the outcome is in the job record)."""
         task = asyncio.get_running_loop().create_task(self.run_job(job_id))

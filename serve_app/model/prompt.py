@@ -254,9 +254,6 @@ class PromptRunner:
                         "filter_ms": (t_end - t_decode) * 1e3},
         )
 
-    def cached(self, image_id: str) -> bool:
-        return image_id in self.cache
-
     # ----------------------------------------------------------------- stages
     def _resolve(self, requests: list[PromptRequest], out: list) -> tuple[dict[str, _Embedding], list[bool]]:
         """Embedding per image id (cache, or one vision call for all uncached images that came with pixels

@@ -24,7 +24,6 @@ from serve_app.storage.base import ArtifactStore
 @dataclass
 class Services:
     config: AppConfig
-    concept: Any  # DeploymentHandle to ConceptSegmenter
     store: ArtifactStore
     images: ImageLibrary
     pcs: PcsPipeline
@@ -33,10 +32,11 @@ class Services:
 
 
 def build_services(cfg: AppConfig, concept: Any) -> dict[str, Any]:
-    """The Services fields for `cfg` (a dict, so subclasses like IngressContext can add their own)."""
+    """The Services fields for `cfg`, with `concept` the ConceptSegmenter handle (a dict, so subclasses like
+    IngressContext can add their own)."""
     store = open_store(cfg.storage)
     images = ImageLibrary(store, cfg.storage, cfg.limits)
     pcs = PcsPipeline(concept, images, cfg.limits, cfg.ingress.model_timeout_s)
     jobs = JobService(store, cfg.jobs, job_kinds(pcs), tenant=cfg.storage.default_tenant)
-    return dict(config=cfg, concept=concept, store=store, images=images, pcs=pcs,
+    return dict(config=cfg, store=store, images=images, pcs=pcs,
                 results=ResultPublisher(store, cfg.storage), jobs=jobs)

@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.errors import Sam3Error
 from serve_app.ingress.body import parse_json_body, parse_model, read_capped
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.openapi import json_request_body
@@ -57,10 +56,8 @@ async def _dispatch(ctx: IngressContext, job_id: str) -> None:
         return
     try:
         await call_remote(ctx.job_worker.start_job.remote(job_id), _DISPATCH_TIMEOUT_S)
-    except Sam3Error as exc:
-        log.warning("job %s not dispatched (%s); recovery will run it", job_id, exc.code)
-    except Exception:  # the job is stored: a failed hand-off must not fail the submit
-        log.exception("job %s not dispatched; recovery will run it", job_id)
+    except Exception as exc:  # the job is stored: a failed hand-off must not fail the submit
+        log.warning("job %s not dispatched (%r); recovery will run it", job_id, exc)
 
 
 @router.post(
