@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.config import AutoscalingConfig as ServeAutoscalingConfig
 
-from serve_app.config import AppConfig, PromptConfig, ReplicaConfig
+from serve_app.config import AppConfig, ClickConfig, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def cluster_has_gpu() -> bool:
 
 def auto_gpu_share(cfg: AppConfig) -> float:
     """What num_gpus 'auto' means for each model deployment: one GPU, or half of it when the cluster has a
-    single GPU and both ConceptSegmenter and PromptSegmenter are 'auto' (else one would wait forever)."""
-    both_auto = cfg.concept.replica.num_gpus == "auto" and cfg.prompt.replica.num_gpus == "auto"
+    single GPU and both ConceptSegmenter and ClickSegmenter are 'auto' (else one would wait forever)."""
+    both_auto = cfg.concept.replica.num_gpus == "auto" and cfg.click.replica.num_gpus == "auto"
     return 0.5 if both_auto and 0 < cluster_gpus() < 2 else 1.0
 
 
@@ -59,45 +59,55 @@ def deployment_options(replica: ReplicaConfig, *, gpu: bool, auto_gpus: float = 
     return opts
 
 
-def prompt_routing(cfg: PromptConfig) -> dict[str, Any]:
-    """PromptSegmenter routing: consistent hashing on the image id (callers pass `session_id=image_id`), so an
+def click_routing(cfg: ClickConfig) -> dict[str, Any]:
+    """ClickSegmenter routing: consistent hashing on the image (callers pass `session_id=cache_key`), so an
     image's clicks reach the replica whose embedding cache holds it. Chosen over @serve.multiplexed, whose
     per-replica LRU counts models (not bytes) and only learns an id after a `get_model(id)` load on that
     replica: the cache would have to load pixels it does not get on a hit. Affinity is a hint either way:
-    replica-set changes and back-pressure fallbacks move images, and a miss recomputes (see pipelines/pvs)."""
+    replica-set changes and back-pressure fallbacks move images, and a miss recomputes (see pipelines/click)."""
     if cfg.routing != "consistent_hash":
         return {}
     from ray.serve.config import RequestRouterConfig
 
-    return {"request_router_config": RequestRouterConfig(
-        request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
-        request_router_kwargs={"num_fallback_replicas": cfg.num_fallback_replicas},
-    )}
+    # a typed dict first: Ray annotates RequestRouterConfig(**kwargs: dict[str, Any]), i.e. every value a dict
+    router_args: dict[str, Any] = {
+        "request_router_class": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+        "request_router_kwargs": {"num_fallback_replicas": cfg.num_fallback_replicas},
+    }
+    return {"request_router_config": RequestRouterConfig(**router_args)}
+
+
+def as_deployment(cls: object) -> Deployment:
+    """A `@serve.deployment` class as what it is at run time (the decorator's result is invisible to mypy)."""
+    return cast(Deployment, cls)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from ray.serve.config import BackpressureConfig
 
+    from serve_app.deployments.click import ClickSegmenter
     from serve_app.deployments.concept import ConceptSegmenter
-    from serve_app.deployments.ingress import Sam3Ingress
-    from serve_app.deployments.jobs import JobWorker
-    from serve_app.deployments.prompt import PromptSegmenter
+    from serve_app.deployments.job_worker import JobWorker
+    from serve_app.deployments.session_manager import SessionManager
+    from serve_app.ingress.deployment import Sam3Ingress
 
     cfg = AppConfig.model_validate(args or {})
     gpu_share = auto_gpu_share(cfg)
-    concept = ConceptSegmenter.options(
+    debug = cfg.observability.debug_interface
+    concept = as_deployment(ConceptSegmenter).options(
         **deployment_options(cfg.concept.replica, gpu=True, auto_gpus=gpu_share),
         user_config=cfg.concept.batching.model_dump(),
-    ).bind(cfg.model.model_dump(), cfg.concept.model_dump())
-    prompt = PromptSegmenter.options(
-        **deployment_options(cfg.prompt.replica, gpu=True, auto_gpus=gpu_share),
-        **prompt_routing(cfg.prompt),
-        user_config=cfg.prompt.batching.model_dump(),
-    ).bind(cfg.model.model_dump(), cfg.prompt.model_dump())
-    ingress = Sam3Ingress.options(
+    ).bind(cfg.model, cfg.concept, debug=debug)
+    click = as_deployment(ClickSegmenter).options(
+        **deployment_options(cfg.click.replica, gpu=True, auto_gpus=gpu_share),
+        **click_routing(cfg.click),
+        user_config=cfg.click.batching.model_dump(),
+    ).bind(cfg.model, cfg.click, debug=debug)
+    ingress = as_deployment(Sam3Ingress).options(
         **deployment_options(cfg.ingress.replica, gpu=False),
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.ingress.retry_after_s),
     )
-    job_worker = JobWorker.options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(concept, cfg.model_dump())
+    job_worker = as_deployment(JobWorker).options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(cfg, concept)
+    sessions = as_deployment(SessionManager).options(**deployment_options(cfg.video.manager, gpu=False)).bind(cfg)
     log.info("building sam3 app: model=%s storage=%s", cfg.model.model_id, cfg.storage.uri)
-    return ingress.bind(concept, cfg.model_dump(), job_worker=job_worker, prompt=prompt)
+    return ingress.bind(cfg, concept, click, job_worker, sessions)

@@ -70,7 +70,7 @@ class ReplicaConfig(StrictModel):
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
     num_gpus: float | Literal["auto"] = Field(
         0.0, description="GPUs per replica. 'auto' = 1 if the Ray cluster has a GPU when the app is built, "
-        "else 0 (laptops); on a single-GPU cluster concept and prompt both on 'auto' get 0.5 each (they share "
+        "else 0 (laptops); on a single-GPU cluster concept and click both on 'auto' get 0.5 each (they share "
         "it). Set it explicitly on clusters whose GPU pool may scale to zero."
     )
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' (optional).")
@@ -82,7 +82,10 @@ class ReplicaConfig(StrictModel):
 
 
 class BatchingConfig(StrictModel):
-    """Dynamic batching knobs; live-tunable through Serve `user_config` (no restart)."""
+    """Dynamic batching knobs, passed to the deployment as its Serve `user_config`. To change them without a
+    restart, override the deployment's user_config in the Serve config (`deployments: [{name:
+    ConceptSegmenter, user_config: {...}}]`, then `serve deploy`): Serve calls `reconfigure` on the running
+    replicas. Changing them under `args` (or through Helm values) is a new app version: replicas restart."""
 
     max_batch_size: int = Field(8, ge=1, le=256, description="Requests merged into one model call.")
     batch_wait_timeout_s: float = Field(
@@ -100,7 +103,7 @@ class ConceptConfig(StrictModel):
 
     replica: ReplicaConfig = Field(default_factory=_gpu_replica, description="Placement and scaling.")
     batching: BatchingConfig = Field(
-        default_factory=BatchingConfig, description="Dynamic batching (Serve user_config: changes apply live)."
+        default_factory=BatchingConfig, description="Dynamic batching (the deployment's Serve user_config; see BatchingConfig)."
     )
     max_concurrent_batches: int = Field(
         2, ge=1, le=8, description="Batches in flight per replica (overlaps CPU pre/post with GPU work); "
@@ -130,7 +133,9 @@ class IngressConfig(StrictModel):
 
     replica: ReplicaConfig = Field(default_factory=_ingress_replica, description="Placement and scaling.")
     model_timeout_s: float = Field(60.0, gt=0, description="Max wait for a model replica's answer (then 504).")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After seconds sent with 429/503.")
+    retry_after_s: int = Field(
+        2, ge=1, description="Retry-After seconds sent with every 429/503 that does not carry its own "
+        "(model replicas saturated, unavailable or warming up; storage outages use storage.retry_after_s).")
 
 
 class LimitsConfig(StrictModel):
@@ -258,15 +263,15 @@ class AutoMaskConfig(StrictModel):
     max_masks: int = Field(256, ge=1, le=4096, description="Masks returned at most (highest score first).")
 
 
-def _prompt_replica() -> ReplicaConfig:
+def _click_replica() -> ReplicaConfig:
     return _gpu_replica(max_ongoing_requests=64, max_queued_requests=256)
 
 
-class PromptConfig(StrictModel):
-    """PromptSegmenter: clicks/boxes/automatic masks (Sam3TrackerModel, loaded from model.model_id) on GPU
-    replicas, each with an LRU of image embeddings.
+class ClickConfig(StrictModel):
+    """ClickSegmenter: clicks/boxes/masks per object and automatic masks (Sam3TrackerModel, loaded from
+    model.model_id) on GPU replicas, each with an LRU of image embeddings.
 
-    GPU sharing: by default PromptSegmenter and ConceptSegmenter get GPUs of their own (num_gpus 'auto' = 1
+    GPU sharing: by default ClickSegmenter and ConceptSegmenter get GPUs of their own (num_gpus 'auto' = 1
     each when the cluster has two or more GPUs), so a click (a few ms of decoder work) never queues behind
     a concept batch and the two scale independently. On a single-GPU cluster 'auto' gives each 0.5 (they
     share it); fractions can also be set explicitly. Shared, the weights (~1.7 GB + ~0.9 GB in bf16) plus
@@ -274,13 +279,14 @@ class PromptConfig(StrictModel):
     """
 
     replica: ReplicaConfig = Field(
-        default_factory=_prompt_replica,
+        default_factory=_click_replica,
         description="Placement and scaling. num_gpus 'auto' = 1 GPU per replica (not shared with "
         "ConceptSegmenter) when the cluster has 2+ GPUs, 0.5 on a single-GPU cluster; or set fractions.",
     )
     batching: BatchingConfig = Field(
         default_factory=lambda: BatchingConfig(max_batch_size=16, batch_wait_timeout_s=0.002),
-        description="Clicks of concurrent requests merged into one decoder pass (Serve user_config: live).",
+        description="Clicks of concurrent requests merged into one decoder pass (Serve user_config; see "
+        "BatchingConfig).",
     )
     cache_bytes: int = Field(
         2 * 1024**3, ge=0,
@@ -304,13 +310,92 @@ class PromptConfig(StrictModel):
     auto: AutoMaskConfig = Field(default_factory=AutoMaskConfig, description="Automatic mask generation.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PromptConfig":
+    def _consistent(self) -> "ClickConfig":
         if self.replica.max_ongoing_requests < self.batching.max_batch_size:
-            raise ValueError(f"prompt.replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be "
-                             f">= prompt.batching.max_batch_size ({self.batching.max_batch_size})")
+            raise ValueError(f"click.replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be "
+                             f">= click.batching.max_batch_size ({self.batching.max_batch_size})")
         if self.auto.points_per_side > self.auto.max_points_per_side:
-            raise ValueError("prompt.auto.points_per_side must be <= prompt.auto.max_points_per_side")
+            raise ValueError("click.auto.points_per_side must be <= click.auto.max_points_per_side")
         return self
+
+
+class VideoLimitsConfig(StrictModel):
+    """What one video session may hold; enforced at ingest and on every prompt (4xx with a code above)."""
+
+    max_video_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest source video (413 video_too_large).")
+    max_duration_s: float = Field(3600.0, gt=0, description="Longest source video (413 video_too_long).")
+    max_frame_pixels: int = Field(
+        3840 * 2160, ge=1024, description="Largest decoded frame, width*height (413 frame_too_large).")
+    max_frames: int = Field(
+        900, ge=1, description="Frames a session processes at most: the processing fps is min(source fps, "
+        "requested fps, max_frames / duration).")
+    max_objects: int = Field(16, ge=1, le=256, description="Objects a session tracks at once (400 too_many_objects).")
+    max_text_prompts: int = Field(4, ge=1, le=16, description="Active text prompts per session.")
+    max_points_per_object: int = Field(32, ge=1, le=256, description="Clicks per object per prompt call.")
+    max_objects_per_call: int = Field(16, ge=1, le=256, description="Objects prompted in one call.")
+
+
+class SessionActorConfig(StrictModel):
+    """Placement of a video session actor (one per session, a named Ray actor holding its state)."""
+
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="GPU share per session actor: 'auto' = 0.25 when the Ray cluster has a GPU (four "
+        "sessions per GPU), else 0 (CPU). A per-process CUDA memory cap of the same fraction is applied.")
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs per session actor.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' (optional).")
+    namespace: str = Field("sam3-video", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                           description="Ray namespace of the session actors (their names are looked up in it).")
+
+
+class VideoConfig(StrictModel):
+    """Video sessions: ingest on the CPU ingress, one session actor per session (SessionManager deployment)."""
+
+    model_id: str | None = Field(None, description="Checkpoint of the video model; None = model.model_id.")
+    score_threshold_detection: float | None = Field(
+        None, ge=0, le=1, description="Detection score threshold override (None = the checkpoint's).")
+    new_det_thresh: float | None = Field(
+        None, ge=0, le=1, description="Score a new detection needs to become a tracked object (None = the checkpoint's).")
+    max_num_objects: int | None = Field(
+        None, ge=1, description="Objects the model tracks at most (None = the checkpoint's).")
+    hotstart_delay: int | None = Field(
+        None, ge=0, description="Frames the detector waits before confirming objects (None = the checkpoint's; "
+        "results then arrive with that delay).")
+    actor: SessionActorConfig = Field(default_factory=SessionActorConfig, description="Session actor placement.")
+    warm_pool: int = Field(
+        1, ge=0, le=64, description="Idle session actors kept with the model loaded, so a new session does not "
+        "wait for a model load.")
+    max_sessions: int = Field(32, ge=1, description="Live (not parked) sessions per SessionManager replica (429 above).")
+    start_timeout_s: float = Field(
+        1.0, gt=0, description="How long a request waits for a session actor to start (model load, a GPU node "
+        "being added) before answering 409 session_starting + Retry-After.")
+    idle_ttl_s: float = Field(
+        900.0, gt=0, description="A session idle this long is parked: checkpointed, its actor and GPU share freed; "
+        "its next request revives it.")
+    retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="A parked session older than this (since last use) is deleted with "
+        "its frames, masks, journal and checkpoints.")
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often idle and expired sessions are looked for.")
+    checkpoint_after_propagate: bool = Field(
+        True, description="Save the session state after each completed propagation, so a rebuild loads it "
+        "instead of replaying the journal.")
+    limits: VideoLimitsConfig = Field(default_factory=VideoLimitsConfig, description="Per-session limits.")
+    manager: ReplicaConfig = Field(
+        default_factory=lambda: ReplicaConfig(num_cpus=0.5, num_gpus=0.0, max_ongoing_requests=256),
+        description="SessionManager replicas (CPU): session records, actor pool, parking and rebuilds.")
+
+    @model_validator(mode="after")
+    def _retention_after_idle(self) -> "VideoConfig":
+        if self.retention_s < self.idle_ttl_s:
+            raise ValueError("video.retention_s must be >= video.idle_ttl_s")
+        return self
+
+
+class ObservabilityConfig(StrictModel):
+    """What the service exposes about itself besides Ray Serve's metrics (port 8080)."""
+
+    debug_interface: bool = Field(
+        False, description="Enable the debug_* methods of the model deployments (model-call counters, cache "
+        "resize, counter reset) for tests and benchmarks. Never needed in production; off = they answer 403.")
 
 
 class AppConfig(StrictModel):
@@ -322,5 +407,8 @@ class AppConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact storage.")
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="Asynchronous jobs.")
-    prompt: PromptConfig = Field(
-        default_factory=PromptConfig, description="Visual-prompt (points/boxes) and automatic segmentation deployment.")
+    click: ClickConfig = Field(
+        default_factory=ClickConfig, description="Click (points/boxes/masks) and automatic mask deployment.")
+    video: VideoConfig = Field(default_factory=VideoConfig, description="Video sessions.")
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig, description="Debug interface and other self-inspection.")

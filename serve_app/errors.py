@@ -10,6 +10,9 @@ This module imports nothing else from serve_app.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class Sam3Error(Exception):
     """Base class: `status_code` (HTTP), `code` (stable string), `message` (safe to show a client)."""
@@ -39,7 +42,7 @@ class InvalidInput(Sam3Error):
     code = "invalid_input"
 
 
-class ValidationFailed(InvalidInput):
+class ValidationFailed(Sam3Error):
     """The body does not match the request schema (types, ranges, unknown fields)."""
 
     status_code = 422
@@ -104,7 +107,7 @@ class Timeout(Sam3Error):
     code = "timeout"
 
 
-def format_validation_errors(errors: list[dict]) -> str:
+def format_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     """pydantic error list -> 'field.path: message; ...' (short, no input echo)."""
     parts = []
     for e in errors[:10]:

@@ -2,7 +2,8 @@
 
 Coordinates are pixels of the original image after EXIF rotation, boxes are [x0, y0, x1, y1].
 Static checks live here (types, ranges, NaN/inf); checks that depend on config limits or on the image
-size live in serve_app.pipelines.pcs. This module imports nothing else from serve_app.
+size live in the pipelines (serve_app.pipelines.concept / click) and the click model (points inside the
+image, known only to the replica when a request names the image by id). This module imports nothing else from serve_app.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Prompt(WireModel):
     )
 
 
-class PcsOptions(WireModel):
+class ConceptOptions(WireModel):
     """Everything of a concept-segmentation request except the image."""
 
     prompts: list[Prompt] = Field(..., description="1 to limits.max_prompts (16) prompts, each answered in order.")
@@ -63,7 +64,7 @@ class PcsOptions(WireModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class PcsImageRequest(PcsOptions):
+class ConceptImageRequest(ConceptOptions):
     """JSON body of POST /v1/pcs/image."""
 
     image: ImageRef
@@ -83,30 +84,30 @@ class Instance(WireModel):
     polygons: list[list[float]] | None = Field(None, description="Outer contours [x0,y0,x1,y1,...] (mask_format=polygon)")
 
 
-class PromptResult(WireModel):
+class ConceptResult(WireModel):
     prompt: Prompt
     instances: list[Instance]
 
 
-class PcsImageResponse(WireModel):
+class ConceptImageResponse(WireModel):
     request_id: str
     image_id: str = Field(..., description="sha256 of the image bytes")
     width: int
     height: int
-    results: list[PromptResult]
+    results: list[ConceptResult]
     overlay_png_base64: str | None = None
     timings_ms: dict[str, float]
     batch_size: int = Field(..., description="Requests the model replica ran in the same batch as this one.")
 
 
-class PcsUrlResponse(WireModel):
-    """POST /v1/pcs/image with "return": "url": where the full PcsImageResponse JSON was stored."""
+class ConceptUrlResponse(WireModel):
+    """POST /v1/pcs/image with "return": "url": where the full ConceptImageResponse JSON was stored."""
 
     request_id: str
     image_id: str
     width: int
     height: int
-    result_url: str = Field(..., description="Presigned GET of the PcsImageResponse JSON.")
+    result_url: str = Field(..., description="Presigned GET of the ConceptImageResponse JSON.")
     overlay_url: str | None = Field(None, description="Presigned GET of the overlay PNG (overlay=true).")
     expires_at: str = Field(..., description="When the URLs stop working (UTC, ISO 8601).")
     timings_ms: dict[str, float]
@@ -184,7 +185,7 @@ class ImageUploadRequest(WireModel):
     """JSON body of POST /v1/images (multipart: a `file` or `image` field, plus `precompute`)."""
 
     image: ImageRef
-    precompute: bool | None = Field(None, description="Compute the image embedding now (default: prompt."
+    precompute: bool | None = Field(None, description="Compute the image embedding now (default: click."
                                     "precompute_on_upload) so the first click is fast.")
 
 
@@ -193,12 +194,12 @@ class ImageUploadResponse(WireModel):
     image_id: str = Field(..., description="sha256 of the image bytes: uploading the same file again gives the same id.")
     width: int
     height: int
-    precomputed: bool = Field(..., description="The embedding is cached on a PromptSegmenter replica now (false when "
+    precomputed: bool = Field(..., description="The embedding is cached on a ClickSegmenter replica now (false when "
                               "not asked for, or when the model replicas were busy: the first click then computes it).")
     timings_ms: dict[str, float]
 
 
-class PvsObject(WireModel):
+class ClickObjectIn(WireModel):
     """The prompts of one object: clicks and/or a box, optionally the previous mask of this object."""
 
     points: list[PointXY] | None = Field(None, description="Clicks [[x, y], ...], pixels of the original image.")
@@ -210,25 +211,30 @@ class PvsObject(WireModel):
         "refines that mask instead of starting over. Opaque; valid for the same model only.")
 
 
-class PvsOptions(WireModel):
-    objects: list[PvsObject] = Field(..., description="1 to prompt.max_objects objects, answered in order.")
+class ClickOptions(WireModel):
+    objects: list[ClickObjectIn] = Field(..., description="1 to click.max_objects objects, answered in order.")
     multimask_output: bool = Field(
         False, description="Also return three candidate masks per object (sorted by score); useful for a "
         "single ambiguous click.")
     return_mask_input: bool = Field(True, description="Return the `mask_input` handle(s) for the next click.")
 
 
-class PvsImageRequest(PvsOptions):
-    """JSON body of POST /v1/pvs/image: an uploaded image by id (fast: cached embedding) or any ImageRef."""
+class ImageByIdOrRef(WireModel):
+    """An uploaded image by id (fast: its embedding is cached) or any ImageRef (stored on first use)."""
 
     image_id: str | None = Field(None, description="sha256 id from POST /v1/images.")
-    image: ImageRef | None = Field(None, description="The image itself or a reference (instead of image_id).")
+    image: ImageRef | None = Field(None, description="The image itself or a reference (instead of image_id); "
+                                   "stored like POST /v1/images, so the returned image_id keeps working.")
 
     @model_validator(mode="after")
-    def _one_image(self) -> "PvsImageRequest":
+    def _one_image(self) -> "ImageByIdOrRef":
         if (self.image_id is None) == (self.image is None):
             raise ValueError("give exactly one of image_id, image")
         return self
+
+
+class ClickImageRequest(ClickOptions, ImageByIdOrRef):
+    """JSON body of POST /v1/pvs/image."""
 
 
 class MaskCandidate(WireModel):
@@ -239,26 +245,26 @@ class MaskCandidate(WireModel):
     mask_input: str | None = Field(None, description="Send back as objects[i].mask_input to refine this mask.")
 
 
-class PvsObjectResult(MaskCandidate):
+class ClickObjectResult(MaskCandidate):
     id: int = Field(..., description="Index of the object in the request.")
     object_score: float = Field(..., description="Probability that the prompts point at an object at all.")
     candidates: list[MaskCandidate] | None = Field(
         None, description="multimask_output: the three candidates, best first (the object's fields repeat the first).")
 
 
-class PvsImageResponse(WireModel):
+class ClickImageResponse(WireModel):
     request_id: str
     image_id: str
     width: int
     height: int
-    objects: list[PvsObjectResult]
+    objects: list[ClickObjectResult]
     cache_hit: bool = Field(..., description="The image embedding was already cached (no vision-encoder run).")
     timings_ms: dict[str, float]
     batch_size: int = Field(..., description="Requests the model replica decoded together with this one.")
 
 
 class AutoOptions(WireModel):
-    """Automatic mask generation knobs; None = the server default (prompt.auto)."""
+    """Automatic mask generation knobs; None = the server default (click.auto)."""
 
     points_per_side: int | None = Field(None, ge=1, description="Grid of points_per_side^2 clicks.")
     points_per_batch: int | None = Field(None, ge=1, le=1024, description="Grid points per decoder call.")
@@ -270,17 +276,8 @@ class AutoOptions(WireModel):
     sort_by: Literal["score", "area"] = Field("score", description="Order of the returned masks (descending).")
 
 
-class AutoImageRequest(AutoOptions):
+class AutoImageRequest(AutoOptions, ImageByIdOrRef):
     """JSON body of POST /v1/auto/image."""
-
-    image_id: str | None = Field(None, description="sha256 id from POST /v1/images.")
-    image: ImageRef | None = Field(None, description="The image itself or a reference (instead of image_id).")
-
-    @model_validator(mode="after")
-    def _one_image(self) -> "AutoImageRequest":
-        if (self.image_id is None) == (self.image is None):
-            raise ValueError("give exactly one of image_id, image")
-        return self
 
 
 class AutoMask(WireModel):
@@ -302,3 +299,123 @@ class AutoImageResponse(WireModel):
     candidates: int = Field(..., description="Masks the grid produced before filtering and NMS.")
     cache_hit: bool
     timings_ms: dict[str, float]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Video sessions (/v1/video/sessions). Frame indices are 0-based positions in the session's frames (after
+# fps sub-sampling); coordinates are pixels of the frame as displayed (rotation applied).
+
+
+class VideoRef(WireModel):
+    """Exactly one way to give the video (multipart uploads use the `video` file field instead)."""
+
+    upload_id: str | None = Field(None, description="id returned by POST /v1/uploads, after the PUT.")
+    url: str | None = Field(None, description="s3://bucket/key inside an allowed bucket.")
+    video_id: str | None = Field(None, description="sha256 id of a video stored by an earlier session.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "VideoRef":
+        given = [k for k in ("upload_id", "url", "video_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of upload_id, url, video_id (got {given or 'none'})")
+        return self
+
+
+class SessionOptionsIn(WireModel):
+    max_frames: int | None = Field(None, ge=1, description="Process at most this many frames (<= video.limits.max_frames).")
+    fps: FiniteFloat | None = Field(None, gt=0, le=240, description="Processing frame rate (<= the source's).")
+
+
+class SessionCreateRequest(SessionOptionsIn):
+    """JSON body of POST /v1/video/sessions (multipart: a `video` file plus optional `max_frames`, `fps`)."""
+
+    video: VideoRef
+
+
+class IngestProgressView(WireModel):
+    done: int
+    total: int | None = None
+
+
+class SessionView(WireModel):
+    session_id: str
+    state: Literal["ingesting", "ready", "failed", "parked", "deleted"] = Field(
+        ..., description="ready: prompts and propagation work (the actor may still be starting: 409 + "
+        "Retry-After); parked: idle, revived by the next request.")
+    num_frames: int | None = None
+    fps: float | None = None
+    source_fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    video_id: str | None = Field(None, description="sha256 of the source video (reuse it with video.video_id).")
+    progress: IngestProgressView | None = None
+    created_at: str
+    last_used_at: str
+
+
+class SessionList(WireModel):
+    sessions: list[SessionView]
+    next_cursor: str | None = None
+
+
+class VideoObjectIn(WireModel):
+    """Prompts of one object on one frame: clicks and/or a box, or an exact mask."""
+
+    obj_id: int | None = Field(None, ge=0, description="An existing object to refine, or a new id; None = next free id.")
+    points: list[PointXY] | None = Field(None, description="Clicks [[x, y], ...], pixels of the frame.")
+    point_labels: list[Literal[0, 1]] | None = Field(None, description="1 = on the object, 0 = not. Default: all 1.")
+    box: BoxXYXY | None = None
+    mask: RleMask | None = Field(None, description="The object's exact mask on this frame (COCO RLE, frame size).")
+    clear_old_points: bool = Field(False, description="Replace this object's earlier clicks on this frame.")
+
+
+class VideoPromptRequest(WireModel):
+    """POST /v1/video/sessions/{sid}/prompts: a text prompt (detect + track every instance) or objects."""
+
+    frame_index: int = Field(..., ge=0)
+    text: str | None = Field(None, description='A concept, e.g. "person in red".')
+    objects: list[VideoObjectIn] | None = Field(None, description="Clicks/boxes/masks, one entry per object.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "VideoPromptRequest":
+        if (self.text is None) == (not self.objects):
+            raise ValueError("give exactly one of text, objects (non-empty)")
+        return self
+
+
+class PropagateRequest(WireModel):
+    direction: Literal["forward", "backward", "both"] = "both"
+    start_frame_index: int = Field(0, ge=0)
+    max_frames: int | None = Field(None, ge=1, description="Frames beyond the start in each direction (None: to the end).")
+
+
+class VideoObject(WireModel):
+    id: int = Field(..., description="Object id, stable across frames.")
+    score: float
+    box: list[float] = Field(..., description="[x0, y0, x1, y1] pixels of the frame.")
+    area: int = Field(..., description="Mask pixels at the frame's resolution.")
+    mask: RleMask
+
+
+class FrameResult(WireModel):
+    frame_index: int
+    objects: list[VideoObject]
+
+
+class VideoPromptResponse(FrameResult):
+    request_id: str
+    prompt_to_obj_ids: dict[str, list[int]] = Field(default_factory=dict)
+    prompted_obj_ids: list[int] = Field(default_factory=list, description="Objects this call created or refined.")
+    rebuilt: bool = Field(False, description="The session's actor had to be rebuilt from its journal first.")
+
+
+class MasksResponse(WireModel):
+    frames: list[FrameResult] = Field(..., description="Frames of the range that were computed, in order.")
+    missing: list[int] = Field(default_factory=list, description="Frames of the range not computed yet.")
+
+
+class SessionActionResponse(WireModel):
+    session_id: str
+    request_id: str
+    rebuilt: bool = False

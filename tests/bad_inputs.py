@@ -101,55 +101,55 @@ def send(post, url: str, case: Bad, request_id: str):
 
 
 # ------------------------------------------------------------------------------------------------------
-# POST /v1/pvs/image and /v1/auto/image. The app runs with prompt.max_objects=4,
-# prompt.max_points_per_object=8, prompt.auto.max_points_per_side=16 (tests/conftest.py serve_args), and
-# PVS_IMAGE (GOOD, 130x90) is uploaded before these are sent.
+# POST /v1/pvs/image and /v1/auto/image (clicks). The app runs with click.max_objects=4,
+# click.max_points_per_object=8, click.auto.max_points_per_side=16 (tests/conftest.py serve_args), and
+# the CLICK_IMAGE (GOOD, 130x90) is uploaded before these are sent.
 
-PVS_IMAGE_ID = hashlib.sha256(GOOD).hexdigest()
+CLICK_IMAGE_ID = hashlib.sha256(GOOD).hexdigest()
 UNKNOWN_IMAGE_ID = "0" * 64
 
 
-def _pvs(*objects, **kw):
-    body = {"image_id": PVS_IMAGE_ID, "objects": list(objects) or [{"points": [[10, 10]], "point_labels": [1]}]}
+def _click(*objects, **kw):
+    body = {"image_id": CLICK_IMAGE_ID, "objects": list(objects) or [{"points": [[10, 10]], "point_labels": [1]}]}
     body.update(kw)
     return body
 
 
 _P = {"points": [[10, 10]], "point_labels": [1]}
 
-BAD_PVS_REQUESTS = [
-    Bad("unknown_image_id", 404, "image_not_found", json=_pvs(image_id=UNKNOWN_IMAGE_ID)),
-    Bad("invalid_image_id", 400, "invalid_image_id", json=_pvs(image_id="../etc/passwd")),
-    Bad("point_outside_image", 400, "point_outside_image", json=_pvs({"points": [[131, 10]], "point_labels": [1]})),
-    Bad("negative_point", 400, "point_outside_image", json=_pvs({"points": [[-1, 10]], "point_labels": [1]})),
-    Bad("labels_mismatch", 400, "point_labels_mismatch", json=_pvs({"points": [[1, 1], [2, 2]], "point_labels": [1]})),
-    Bad("labels_without_points", 400, "point_labels_mismatch", json=_pvs({"box": [1, 1, 20, 20], "point_labels": [1]})),
-    Bad("no_points_no_box", 400, "empty_object", json=_pvs({})),
-    Bad("empty_points_no_box", 400, "empty_object", json=_pvs({"points": [], "point_labels": []})),
-    Bad("too_many_points", 400, "too_many_points", json=_pvs({"points": [[i, i] for i in range(9)]})),
-    Bad("too_many_objects", 400, "too_many_objects", json=_pvs(*[_P] * 5)),
-    Bad("no_objects", 400, "no_objects", json=_pvs(objects=[])),
-    Bad("degenerate_box", 400, "invalid_box", json=_pvs({"box": [10, 10, 10, 50]})),
-    Bad("box_outside_image", 400, "box_outside_image", json=_pvs({"box": [10, 10, 200, 50]})),
+BAD_CLICK_REQUESTS = [
+    Bad("unknown_image_id", 404, "image_not_found", json=_click(image_id=UNKNOWN_IMAGE_ID)),
+    Bad("invalid_image_id", 400, "invalid_image_id", json=_click(image_id="../etc/passwd")),
+    Bad("point_outside_image", 400, "point_outside_image", json=_click({"points": [[131, 10]], "point_labels": [1]})),
+    Bad("negative_point", 400, "point_outside_image", json=_click({"points": [[-1, 10]], "point_labels": [1]})),
+    Bad("labels_mismatch", 400, "point_labels_mismatch", json=_click({"points": [[1, 1], [2, 2]], "point_labels": [1]})),
+    Bad("labels_without_points", 400, "point_labels_mismatch", json=_click({"box": [1, 1, 20, 20], "point_labels": [1]})),
+    Bad("no_points_no_box", 400, "empty_object", json=_click({})),
+    Bad("empty_points_no_box", 400, "empty_object", json=_click({"points": [], "point_labels": []})),
+    Bad("too_many_points", 400, "too_many_points", json=_click({"points": [[i, i] for i in range(9)]})),
+    Bad("too_many_objects", 400, "too_many_objects", json=_click(*[_P] * 5)),
+    Bad("no_objects", 400, "no_objects", json=_click(objects=[])),
+    Bad("degenerate_box", 400, "invalid_box", json=_click({"box": [10, 10, 10, 50]})),
+    Bad("box_outside_image", 400, "box_outside_image", json=_click({"box": [10, 10, 200, 50]})),
     Bad("point_nan", 422, "validation_error",
-        json='{"image_id": "ID", "objects": [{"points": [[NaN, 1]], "point_labels": [1]}]}'.replace("ID", PVS_IMAGE_ID)),
-    Bad("box_inf", 422, "validation_error", json='{"image_id": "ID", "objects": [{"box": [0, 0, Infinity, 3]}]}'.replace("ID", PVS_IMAGE_ID)),
-    Bad("label_two", 422, "validation_error", json=_pvs({"points": [[1, 1]], "point_labels": [2]})),
-    Bad("point_three_coords", 422, "validation_error", json=_pvs({"points": [[1, 1, 1]]})),
-    Bad("mask_input_not_base64", 400, "invalid_mask_input", json=_pvs({**_P, "mask_input": "***"})),
-    Bad("mask_input_garbage", 400, "invalid_mask_input", json=_pvs({**_P, "mask_input": b64(b"x" * 300)})),
-    Bad("image_id_and_image", 422, "validation_error", json=_pvs(image={"base64": GOOD_B64})),
+        json='{"image_id": "ID", "objects": [{"points": [[NaN, 1]], "point_labels": [1]}]}'.replace("ID", CLICK_IMAGE_ID)),
+    Bad("box_inf", 422, "validation_error", json='{"image_id": "ID", "objects": [{"box": [0, 0, Infinity, 3]}]}'.replace("ID", CLICK_IMAGE_ID)),
+    Bad("label_two", 422, "validation_error", json=_click({"points": [[1, 1]], "point_labels": [2]})),
+    Bad("point_three_coords", 422, "validation_error", json=_click({"points": [[1, 1, 1]]})),
+    Bad("mask_input_not_base64", 400, "invalid_mask_input", json=_click({**_P, "mask_input": "***"})),
+    Bad("mask_input_garbage", 400, "invalid_mask_input", json=_click({**_P, "mask_input": b64(b"x" * 300)})),
+    Bad("image_id_and_image", 422, "validation_error", json=_click(image={"base64": GOOD_B64})),
     Bad("no_image", 422, "validation_error", json={"objects": [_P]}),
-    Bad("unknown_field", 422, "validation_error", json=_pvs(colour="red")),
+    Bad("unknown_field", 422, "validation_error", json=_click(colour="red")),
     Bad("not_json", 415, "unsupported_media_type", raw=b"hello", content_type="text/plain"),
     Bad("malformed_json", 400, "malformed_json", json='{"image_id": '),
 ]
 
 BAD_AUTO_REQUESTS = [
     Bad("unknown_image_id", 404, "image_not_found", json={"image_id": UNKNOWN_IMAGE_ID}),
-    Bad("points_per_side_over_limit", 400, "points_per_side_too_large", json={"image_id": PVS_IMAGE_ID, "points_per_side": 17}),
-    Bad("nms_zero", 422, "validation_error", json={"image_id": PVS_IMAGE_ID, "box_nms_thresh": 0}),
-    Bad("iou_nan", 422, "validation_error", json='{"image_id": "ID", "pred_iou_thresh": NaN}'.replace("ID", PVS_IMAGE_ID)),
-    Bad("bad_sort", 422, "validation_error", json={"image_id": PVS_IMAGE_ID, "sort_by": "colour"}),
+    Bad("points_per_side_over_limit", 400, "points_per_side_too_large", json={"image_id": CLICK_IMAGE_ID, "points_per_side": 17}),
+    Bad("nms_zero", 422, "validation_error", json={"image_id": CLICK_IMAGE_ID, "box_nms_thresh": 0}),
+    Bad("iou_nan", 422, "validation_error", json='{"image_id": "ID", "pred_iou_thresh": NaN}'.replace("ID", CLICK_IMAGE_ID)),
+    Bad("bad_sort", 422, "validation_error", json={"image_id": CLICK_IMAGE_ID, "sort_by": "colour"}),
     Bad("invalid_base64", 400, "invalid_base64", json={"image": {"base64": "***"}}),
 ]

@@ -89,34 +89,71 @@ def serve_args(model_dir: str, storage: dict | None = None, **overrides) -> dict
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
             "max_concurrent_batches": 1,
         },
-        "prompt": {
+        "click": {
             "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
             "cache_bytes": 8 * 1024 * 1024,  # ~60 tiny-model images (131 kB each in fp32)
-            "max_objects": 4, "max_points_per_object": 8,  # see tests/integration/test_pvs_http.py
+            "max_objects": 4, "max_points_per_object": 8,  # see tests/integration/test_click_http.py
             "auto": {"points_per_side": 8, "max_points_per_side": 16, "points_per_batch": 32},
         },
         "ingress": {"replica": {"num_cpus": 1, "max_ongoing_requests": 64, "max_queued_requests": 128}},
         "limits": {"max_image_bytes": 200_000, "max_image_pixels": 1_000_000},  # see tests/bad_inputs.py
+        # The model deployments' debug_* methods (counters, cache resize, reset): the tests prove cache and
+        # batching behaviour with them. Off (403 debug_disabled) unless set.
+        "observability": {"debug_interface": True},
+        # Video sessions on the tiny checkpoint: detection thresholds 0 (the random detector scores ~0.25) and
+        # at most 4 objects, a small actor, a short start wait (tests retry 409 session_starting).
+        "video": {"score_threshold_detection": 0.0, "new_det_thresh": 0.0, "max_num_objects": 4,
+                  "hotstart_delay": 0, "actor": {"num_cpus": 0.5, "num_gpus": 0}, "warm_pool": 1,
+                  "start_timeout_s": 5.0, "manager": {"num_cpus": 0.5},
+                  "limits": {"max_video_bytes": 2_000_000, "max_frames": 120, "max_objects": 4}},
     }
     for key, value in overrides.items():
         args[key] = {**args.get(key, {}), **value}
     return args
 
 
+@pytest.fixture(scope="module")
+def module_seaweedfs(tmp_path_factory):
+    """A SeaweedFS of the requesting test module's own, shared by its tests (they may stop and restart it);
+    stopped after the module. For apps whose storage a test takes away (the session's `seaweedfs` must stay up)."""
+    from tests.fixtures import s3
+
+    server = s3._server(tmp_path_factory.mktemp("seaweedfs-module"))  # skips when SeaweedFS is not installed
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
-def serve_url(ray_session, tiny_model_dir, seaweedfs) -> str:
+def tiny_video_model_dir(tmp_path_factory) -> str:
+    """The tiny checkpoint with a tracker that "sees" objects (object-score bias +10, SAM3_VIDEO.md pitfall 5):
+    the video sessions' model (video.model_id), so clicks and tracking produce masks."""
+    from serve_app.devtools.tiny_model import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-video"), object_score_bias=10.0))
+
+
+@pytest.fixture(scope="session")
+def app_storage(seaweedfs):
+    """The StorageConfig of the session's sam3 app: a fresh prefix on the session's SeaweedFS."""
+    from tests.fixtures import s3
+
+    return s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET, "sam3-no-such-bucket"])
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_session, tiny_model_dir, tiny_video_model_dir, app_storage) -> str:
     """Base URL of the sam3 app (real Serve proxy on 127.0.0.1) built from build_app(args), storing its
     artifacts on the session's SeaweedFS (a fresh prefix)."""
     from ray import serve
 
     from serve_app.app import build_app
-    from tests.fixtures import s3
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    storage = s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET, "sam3-no-such-bucket"]).model_dump()
-    serve.run(build_app(serve_args(tiny_model_dir, storage=storage)), name="sam3", route_prefix="/")
+    args = serve_args(tiny_model_dir, storage=app_storage.model_dump(), video={"model_id": tiny_video_model_dir})
+    serve.run(build_app(args), name="sam3", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 
@@ -128,7 +165,7 @@ def concept_handle(serve_url):
 
 
 @pytest.fixture(scope="session")
-def prompt_handle(serve_url):
+def click_handle(serve_url):
     from ray import serve
 
-    return serve.get_deployment_handle("PromptSegmenter", app_name="sam3")
+    return serve.get_deployment_handle("ClickSegmenter", app_name="sam3")

@@ -21,9 +21,12 @@ import logging
 import os
 import pathlib
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from serve_app.cluster.status import ClusterStatus, compute_status
+
+if TYPE_CHECKING:
+    import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,17 @@ def get_cluster_status(
         return ClusterStatus(state="unknown", reason=f"cluster status failed: {type(exc).__name__}: {exc}")
 
 
-def _fetch_objects(api_client: Any, ns: str, name: str | None) -> tuple[dict, dict | None, dict | None, list] | ClusterStatus:
+_Obj = dict[str, Any]
+
+
+def _json_body(body: object) -> _Obj:
+    """CustomObjectsApi returns the decoded JSON body (a dict) but annotates its methods `-> object`."""
+    return cast(_Obj, body)
+
+
+def _fetch_objects(
+    api_client: Any, ns: str, name: str | None
+) -> tuple[_Obj, _Obj | None, _Obj | None, list[_Obj]] | ClusterStatus:
     """(RayService, active RayCluster, pending RayCluster, pods) or a ClusterStatus("unknown") on errors."""
     from kubernetes import client
 
@@ -156,22 +169,25 @@ def _fetch_objects(api_client: Any, ns: str, name: str | None) -> tuple[dict, di
     core = client.CoreV1Api(api_client)
     if not name:
         try:
-            found = custom.list_namespaced_custom_object(
+            listed = custom.list_namespaced_custom_object(
                 RAY_GROUP, RAY_VERSION, ns, "rayservices", label_selector=APP_LABEL, _request_timeout=API_TIMEOUT_S
-            ).get("items", [])
+            )
+            found: list[_Obj] = _json_body(listed).get("items", [])
         except Exception as exc:
             return ClusterStatus(state="unknown", reason=_api_error(exc, f"rayservices in {ns}"), namespace=ns)
         if len(found) != 1:
-            names = ", ".join(sorted(i["metadata"]["name"] for i in found)) or "none"
+            found_names = ", ".join(sorted(i["metadata"]["name"] for i in found)) or "none"
             return ClusterStatus(
                 state="unknown",
-                reason=f"set SAM3_RAYSERVICE_NAME or --name: {len(found)} sam3-serve RayServices in {ns} ({names})",
+                reason=f"set SAM3_RAYSERVICE_NAME or --name: {len(found)} sam3-serve RayServices in {ns} ({found_names})",
                 namespace=ns,
             )
         name = found[0]["metadata"]["name"]
     try:
-        rs = custom.get_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, ns, "rayservices", name, _request_timeout=API_TIMEOUT_S
+        rs = _json_body(
+            custom.get_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, ns, "rayservices", name, _request_timeout=API_TIMEOUT_S
+            )
         )
     except Exception as exc:
         return ClusterStatus(
@@ -183,30 +199,36 @@ def _fetch_objects(api_client: Any, ns: str, name: str | None) -> tuple[dict, di
         "active": (st.get("activeServiceStatus") or {}).get("rayClusterName"),
         "pending": (st.get("pendingServiceStatus") or {}).get("rayClusterName"),
     }
-    clusters: dict[str, dict | None] = {}
+    clusters: dict[str, _Obj | None] = {}
     for role, cname in names.items():
         clusters[role] = None
         if not cname:
             continue
         try:
-            clusters[role] = custom.get_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, "rayclusters", cname, _request_timeout=API_TIMEOUT_S
+            clusters[role] = _json_body(
+                custom.get_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, ns, "rayclusters", cname, _request_timeout=API_TIMEOUT_S
+                )
             )
         except Exception as exc:
             if getattr(exc, "status", None) != 404:  # a cluster being deleted may vanish: not an error
                 return ClusterStatus(
                     state="unknown", reason=_api_error(exc, f"RayCluster {ns}/{cname}"), namespace=ns, rayservice=name
                 )
-    pods: list[dict] = []
+    pods: list[_Obj] = []
     cluster_names = sorted({n for n in names.values() if n})
     if cluster_names:
         try:
-            # Raw JSON: the same dicts `kubectl get -o json` shows, no typed round trip.
-            resp = core.list_namespaced_pod(
-                ns,
-                label_selector=f"ray.io/cluster in ({','.join(cluster_names)})",
-                _request_timeout=API_TIMEOUT_S,
-                _preload_content=False,
+            # Raw JSON: the same dicts `kubectl get -o json` shows, no typed round trip. With
+            # _preload_content=False the client returns the urllib3 response, not the annotated V1PodList.
+            resp = cast(
+                "urllib3.HTTPResponse",
+                core.list_namespaced_pod(
+                    ns,
+                    label_selector=f"ray.io/cluster in ({','.join(cluster_names)})",
+                    _request_timeout=API_TIMEOUT_S,
+                    _preload_content=False,
+                ),
             )
             pods = json.loads(resp.data).get("items", [])
         except Exception as exc:

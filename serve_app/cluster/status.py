@@ -31,7 +31,7 @@ States, first match wins:
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, TypeGuard
 
 from pydantic import BaseModel, Field
 
@@ -124,8 +124,9 @@ def _conditions(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     return {c.get("type", ""): c for c in (_get(obj, "status", "conditions", default=[]) or [])}
 
 
-def _is_true(cond: Mapping[str, Any] | None) -> bool:
-    return bool(cond) and str(cond.get("status")) == "True"
+def _is_true(cond: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
+    """A condition with status "True" (a TypeGuard: callers may then read its other fields)."""
+    return cond is not None and str(cond.get("status")) == "True"
 
 
 def _quantity(value: Any) -> float:
@@ -226,7 +227,7 @@ def _merge_serve_details(
     """Fold Ray Serve's REST details (replica states, targets, num_gpus) into `apps`; return totals."""
     if not details:
         return ReplicaCounts()
-    totals = ReplicaCounts(running=0, target=0, gpu_running=0, gpu_target=0)
+    total_running = total_target = gpu_running = gpu_target = 0
     for app_name, app in (details.get("applications") or {}).items():
         state = apps.setdefault(app_name, ApplicationState(status=str(app.get("status") or "")))
         for dname, dep in (app.get("deployments") or {}).items():
@@ -237,12 +238,12 @@ def _merge_serve_details(
             ds.replicas_running = running
             ds.replicas_target = int(target) if target is not None else None
             ds.num_gpus = float(gpus)
-            totals.running += running
-            totals.target += int(target or 0)
+            total_running += running
+            total_target += int(target or 0)
             if float(gpus) > 0:
-                totals.gpu_running += running
-                totals.gpu_target += int(target or 0)
-    return totals
+                gpu_running += running
+                gpu_target += int(target or 0)
+    return ReplicaCounts(running=total_running, target=total_target, gpu_running=gpu_running, gpu_target=gpu_target)
 
 
 def _one_line(message: str, limit: int = 400) -> str:

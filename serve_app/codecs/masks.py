@@ -25,14 +25,17 @@ def upsample_masks(mask_probs: np.ndarray, height: int, width: int, mask_thresho
 def encode_rle(mask: np.ndarray) -> dict:
     """bool (H,W) -> {"size": [H, W], "counts": str} (pycocotools compressed RLE)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    counts = rle["counts"]  # bytes from encode (the stubs' TypedDict also allows str, as decode accepts it)
+    text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": text}
 
 
 def decode_rle(rle: dict) -> np.ndarray:
     """Inverse of encode_rle: -> bool (H,W)."""
     counts = rle["counts"]
-    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(coco).astype(bool)
+    return mask_utils.decode(
+        {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    ).astype(bool)
 
 
 def mask_to_polygons(mask: np.ndarray, *, min_points: int = 3) -> list[list[float]]:

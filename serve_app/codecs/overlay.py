@@ -7,6 +7,9 @@ import colorsys
 import cv2
 import numpy as np
 
+# One instance to draw: (mask bool (H,W) or None, box xyxy in pixels, label text, colour index).
+OverlayItem = tuple[np.ndarray | None, list[float], str, int]
+
 
 def palette(i: int) -> tuple[int, int, int]:
     """A distinct, deterministic RGB colour for label index i (golden-ratio hue steps)."""
@@ -14,12 +17,8 @@ def palette(i: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def render_overlay(rgb: np.ndarray, items: list[tuple[np.ndarray | None, list[float], str, int]],
-                   alpha: float = 0.45) -> bytes:
-    """Draw instances over uint8 (H,W,3) RGB and return PNG bytes of the same size.
-
-    items: (mask bool (H,W) or None, box xyxy in pixels, label text, colour index) per instance.
-    """
+def render_overlay(rgb: np.ndarray, items: list[OverlayItem], alpha: float = 0.45) -> bytes:
+    """Draw instances (see OverlayItem) over uint8 (H,W,3) RGB and return PNG bytes of the same size."""
     canvas = rgb.astype(np.float32)
     for mask, _, _, color_idx in items:
         if mask is not None and mask.any():

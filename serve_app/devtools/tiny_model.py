@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import cast
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 14
@@ -64,7 +65,9 @@ def build_tokenizer():
             left = merged
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges)
+    # transformers annotates `merges` as list[str], but its tokenizers.BPE backend takes (left, right) pairs and
+    # rejects "left right" strings.
+    return CLIPTokenizer(vocab=vocab, merges=cast("list[str]", merges))
 
 
 def build_config(tokenizer):
@@ -123,8 +126,10 @@ def build_config(tokenizer):
         mask_downsampler_embed_dim=D,
         memory_fuser_embed_dim=D,
         memory_fuser_intermediate_dim=2 * D,
-        image_size=IMAGE_SIZE,
     )
+    # A property, not a constructor field (__post_init__ sets it, 1008 by default): setting it resizes the vision
+    # and prompt-encoder configs and recomputes the feature and RoPE sizes for our patch grid.
+    tracker.image_size = IMAGE_SIZE
     return Sam3VideoConfig(
         detector_config=detector.to_dict(),
         tracker_config=tracker.to_dict(),
@@ -134,10 +139,13 @@ def build_config(tokenizer):
 
 def build_full_size_config(tokenizer):
     """The real facebook/sam3 architecture (Sam3VideoConfig defaults): same FLOPs, random weights."""
-    from transformers import Sam3VideoConfig
+    from transformers import CLIPTextConfig, Sam3Config, Sam3VideoConfig
 
     config = Sam3VideoConfig()
-    text = config.detector_config.text_config
+    detector = config.detector_config
+    # __post_init__ turns the dict / None defaults into config objects; the annotations keep the union.
+    assert isinstance(detector, Sam3Config) and isinstance(detector.text_config, CLIPTextConfig)
+    text = detector.text_config
     text.bos_token_id, text.eos_token_id, text.pad_token_id = (
         tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return config
@@ -150,9 +158,10 @@ def build_processors(tokenizer, image_size: int = IMAGE_SIZE):
 
     size = {"height": image_size, "width": image_size}
     low_res = 4 * image_size // PATCH_SIZE
-    norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
-    image_processor = Sam3ImageProcessor(size=size, mask_size={"height": low_res, "width": low_res}, **norm)
-    video_processor = Sam2VideoVideoProcessor(size=size, **norm)
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    image_processor = Sam3ImageProcessor(size=size, mask_size={"height": low_res, "width": low_res},
+                                         image_mean=mean, image_std=std)
+    video_processor = Sam2VideoVideoProcessor(size=size, image_mean=mean, image_std=std)
     return (
         Sam3Processor(image_processor=image_processor, tokenizer=tokenizer, target_size=image_size),
         Sam3VideoProcessor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer,
@@ -160,11 +169,14 @@ def build_processors(tokenizer, image_size: int = IMAGE_SIZE):
     )
 
 
-def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = False) -> Path:
+def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = False,
+                          object_score_bias: float = 0.0) -> Path:
     """Write the tiny checkpoint to `out_dir` (created) and return its path. Deterministic for a seed.
 
     full_size=True writes the real SAM 3 architecture with random weights instead (~3.4 GB, for GPU
-    benchmarks: same cost as facebook/sam3, meaningless outputs)."""
+    benchmarks: same cost as facebook/sam3, meaningless outputs). object_score_bias is added to the
+    tracker's object-score head: with random weights the tracker otherwise says "no object" on every frame
+    (masks at -1024, SAM3_VIDEO.md pitfall 5); +10 makes clicks and tracking produce masks in tests."""
     import torch
     from transformers import Sam3VideoModel
 
@@ -174,11 +186,16 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = 
     config = build_full_size_config(tokenizer) if full_size else build_config(tokenizer)
     torch.manual_seed(seed)
     model = Sam3VideoModel(config).eval()
+    if object_score_bias:
+        with torch.no_grad():
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += object_score_bias
     model.save_pretrained(out)
     image_proc, video_proc = build_processors(tokenizer, int(config.image_size))
     video_proc.save_pretrained(out)  # tokenizer, preprocessor + video preprocessor configs
     image_proc.image_processor.save_pretrained(out)
-    (out / "tiny_sam3.json").write_text(json.dumps({"seed": seed, "image_size": int(config.image_size), "full_size": full_size}) + "\n")
+    facts = {"seed": seed, "image_size": int(config.image_size), "full_size": full_size,
+             "object_score_bias": object_score_bias}
+    (out / "tiny_sam3.json").write_text(json.dumps(facts) + "\n")
     return out
 
 
@@ -187,8 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
     parser.add_argument("--full-size", action="store_true", help="real SAM 3 architecture, random weights (GPU benchmarks)")
+    parser.add_argument("--object-score-bias", type=float, default=0.0,
+                        help="added to the tracker's object-score head (10 makes the random tracker see objects)")
     args = parser.parse_args(argv)
-    path = build_tiny_checkpoint(args.out_dir, seed=args.seed, full_size=args.full_size)
+    path = build_tiny_checkpoint(args.out_dir, seed=args.seed, full_size=args.full_size,
+                                 object_score_bias=args.object_score_bias)
     print(path.resolve())
 
 

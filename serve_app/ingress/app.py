@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.ingress.errors import install_error_handling
-from serve_app.ingress.routers import blobs, cluster, health, images, jobs, pcs, pvs, uploads
+from serve_app.ingress.routers import automatic, blobs, click, cluster, concept, health, images, jobs, uploads, video
 
 
 def create_app() -> FastAPI:
@@ -18,11 +18,13 @@ def create_app() -> FastAPI:
     )
     install_error_handling(app)
     app.include_router(health.router)
-    app.include_router(pcs.router)
+    app.include_router(concept.router)
     app.include_router(images.router)
-    app.include_router(pvs.router)
+    app.include_router(click.router)
+    app.include_router(automatic.router)
     app.include_router(uploads.router)
     app.include_router(jobs.router)
     app.include_router(blobs.router)
     app.include_router(cluster.router)
+    app.include_router(video.router)
     return app

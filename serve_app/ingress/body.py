@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
+from serve_app.config import LimitsConfig
 from serve_app.errors import (
     InvalidInput,
     PayloadTooLarge,
@@ -15,13 +17,34 @@ from serve_app.errors import (
     ValidationFailed,
     format_validation_errors,
 )
+from serve_app.pipelines.image_library import base64_chars
+
+M = TypeVar("M", bound=BaseModel)
+_TRUE = ("1", "true", "yes", "on")
+
+
+def image_body_limit(limits: LimitsConfig, extra_bytes: int = 1024 * 1024) -> int:
+    """Largest JSON body that can carry a base64 image of limits.max_image_bytes plus `extra_bytes` of
+    other fields (prompts, objects, mask inputs)."""
+    return base64_chars(limits.max_image_bytes) + extra_bytes
+
+
+def form_bool(value: object) -> bool | None:
+    """A multipart form field as a boolean: None when absent or empty; 1/true/yes/on (any case) is True."""
+    if value in (None, ""):
+        return None
+    return str(value).lower() in _TRUE
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes, limit {limit}", "body_too_large")
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
     """The raw body, failing with 413 as soon as it exceeds `limit` bytes (Content-Length checked first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes, limit {limit}", "body_too_large")
+    _check_declared_length(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -36,9 +59,7 @@ async def read_form_file(
 ) -> tuple[bytes, FormData]:
     """multipart/form-data: the bytes of the first file field in `names` (413 over `max_file_bytes`) and
     the whole form for the other fields. 413 for a declared body over `body_limit`, 400 for bad framing."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes, limit {body_limit}", "body_too_large")
+    _check_declared_length(request, body_limit)
     try:
         form = await request.form(max_files=1, max_fields=max_fields)
     except Exception as exc:  # malformed multipart framing
@@ -53,7 +74,7 @@ async def read_form_file(
     return data, form
 
 
-def parse_model(model: type[BaseModel], data: object) -> BaseModel:
+def parse_model(model: type[M], data: object) -> M:
     """Validate `data` against a wire model; pydantic errors become a 422 with the field paths."""
     try:
         return model.model_validate(data)
@@ -81,3 +102,10 @@ def content_kind(request: Request) -> str:
         f"Content-Type must be application/json or multipart/form-data, got {ctype or 'none'}", "unsupported_media_type"
     )
 
+
+
+async def read_json_model(request: Request, model: type[M], limit: int) -> M:
+    """A JSON body (415 for another content type) of at most `limit` bytes, validated as `model`."""
+    if content_kind(request) != "json":
+        raise UnsupportedMediaType("Content-Type must be application/json", "unsupported_media_type")
+    return parse_model(model, parse_json_body(await read_capped(request, limit)))

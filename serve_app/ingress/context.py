@@ -1,4 +1,4 @@
-"""What the routes of one ingress replica share: config, pipelines, storage, model handles. Set at replica start."""
+"""What the routes of one ingress replica share, set at replica start (serve_app.ingress.deployment)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,31 @@ from typing import Any
 from fastapi import Request
 
 from serve_app.config import AppConfig
-from serve_app.pipelines.pvs import PromptPipeline
-from serve_app.pipelines.services import Services, build_services
+from serve_app.pipelines.click import ClickPipeline
+from serve_app.pipelines.remote import ModelClient
+from serve_app.pipelines.services import Services
+from serve_app.pipelines.video import VideoSessions
 
 
-@dataclass
-class IngressContext(Services):
-    job_worker: Any = None  # DeploymentHandle to JobWorker (None: jobs are only run by recovery)
-    prompts: PromptPipeline | None = None  # uploads' precompute, clicks, automatic masks
+@dataclass(frozen=True)
+class IngressContext:
+    services: Services  # config, store, images, concept pipeline, results, jobs (shared with JobWorker)
+    click: ClickPipeline  # uploads' precompute, clicks, automatic masks
+    job_worker: Any  # DeploymentHandle to JobWorker: runs submitted jobs (its replicas also recover them)
+    video: VideoSessions  # video sessions (through the SessionManager deployment and the session actors)
+
+    @property
+    def config(self) -> AppConfig:
+        return self.services.config
 
     @classmethod
-    def create(cls, cfg: AppConfig, concept: Any, job_worker: Any = None, prompt: Any = None) -> IngressContext:
-        services = build_services(cfg, concept)
-        prompts = PromptPipeline(prompt, services["images"], cfg.prompt, cfg.ingress.model_timeout_s)
-        return cls(**services, job_worker=job_worker, prompts=prompts)
+    def create(cls, cfg: AppConfig, concept: Any, click: Any, job_worker: Any, sessions: Any) -> IngressContext:
+        """`concept`, `click`, `job_worker`, `sessions`: the DeploymentHandles of ConceptSegmenter,
+        ClickSegmenter, JobWorker, SessionManager."""
+        services = Services.create(cfg, concept)
+        click_pipeline = ClickPipeline(ModelClient(click, cfg.ingress.model_timeout_s), services.images, cfg.click)
+        video = VideoSessions(sessions, services.store, services.images.tenant, cfg)
+        return cls(services=services, click=click_pipeline, job_worker=job_worker, video=video)
 
 
 def get_context(request: Request) -> IngressContext:

@@ -1,8 +1,12 @@
 """The one place that maps exceptions to HTTP responses, and the request-id middleware.
 
-Body: {"error": {"code", "message", "request_id"}}; header x-request-id on every response. 4xx for bad
-input, 429/503 + Retry-After for saturation and unavailable dependencies, 504 for timeouts, 500 only for
-bugs (message hidden, stack logged).
+Body: {"error": {"code", "message", "request_id"}}; header x-request-id on every response.
+- Sam3Error (serve_app.errors): its status and code. 4xx carry their message; 429/503 get Retry-After (the
+  error's own, else `ingress.retry_after_s`); a Sam3Error with status 500 is a bug: message hidden, stack
+  logged.
+- Request validation (FastAPI): 422 validation_error. Routing errors (Starlette): 404/405.
+- Anything else is a bug: 500 internal_error, message hidden, stack logged. Ray/Serve failures of model
+  calls never arrive here untranslated: serve_app.pipelines.remote translates them at the call site.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import format_validation_errors
-from serve_app.pipelines.remote import RETRY_AFTER_S, translate_remote_error
+from serve_app.errors import Sam3Error, format_validation_errors
 
 log = logging.getLogger("serve_app.ingress")
 
 REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_RETRY_AFTER_S = 2  # only when the app has no config (never behind Serve)
 
 
 def request_id_of(request: Request) -> str:
@@ -36,6 +40,29 @@ def error_response(request_id: str, status: int, code: str, message: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def configured_retry_after_s(request: Request) -> int:
+    """`ingress.retry_after_s` of the replica's config: the one default Retry-After for 429/503."""
+    ctx = getattr(request.app.state, "ctx", None)
+    return ctx.config.ingress.retry_after_s if ctx is not None else DEFAULT_RETRY_AFTER_S
+
+
+def sam3_error_response(request: Request, err: Sam3Error) -> JSONResponse:
+    rid = request_id_of(request)
+    if err.status_code >= 500 and err.status_code not in (503, 504):
+        log.error("request %s failed with %s", rid, err.code, exc_info=err)
+        return _internal_error(rid)
+    if err.status_code >= 500:
+        log.warning("request %s failed: %s %s", rid, err.code, err.message)
+    retry = err.retry_after_s
+    if retry is None and err.status_code in (429, 503):
+        retry = configured_retry_after_s(request)
+    return error_response(rid, err.status_code, err.code, err.message, retry)
+
+
+def _internal_error(rid: str) -> JSONResponse:
+    return error_response(rid, 500, "internal_error", "internal error; quote the request id when reporting it")
+
+
 def install_error_handling(app: FastAPI) -> None:
     """Request-id middleware + exception handlers on `app`."""
 
@@ -47,11 +74,15 @@ def install_error_handling(app: FastAPI) -> None:
         request.state.request_id = incoming[:128] if incoming else uuid.uuid4().hex
         try:
             response = await call_next(request)
-        except Exception as exc:  # errors raised past the handlers (middleware stack)
-            response = _handle(request, exc)
+        except Exception as exc:  # raised past the handlers (in the middleware stack itself)
+            response = _unhandled(request, exc)
         if incoming is None:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
+
+    @app.exception_handler(Sam3Error)
+    async def _sam3(request: Request, exc: Sam3Error):
+        return sam3_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -64,17 +95,12 @@ def install_error_handling(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception):
-        return _handle(request, exc)
+        return _unhandled(request, exc)
 
 
-def _handle(request: Request, exc: BaseException) -> JSONResponse:
+def _unhandled(request: Request, exc: BaseException) -> JSONResponse:
+    if isinstance(exc, Sam3Error):
+        return sam3_error_response(request, exc)
     rid = request_id_of(request)
-    err = translate_remote_error(exc)
-    if err is None:
-        log.exception("unhandled error (request_id=%s)", rid, exc_info=exc)
-        return error_response(rid, 500, "internal_error", "internal error; quote the request id when reporting it")
-    if err.status_code >= 500:
-        log.warning("request %s failed: %s %s", rid, err.code, err.message)
-    retry = err.retry_after_s if err.retry_after_s is not None else (
-        RETRY_AFTER_S if err.status_code in (429, 503) else None)
-    return error_response(rid, err.status_code, err.code, err.message, retry)
+    log.error("unhandled error (request_id=%s)", rid, exc_info=exc)
+    return _internal_error(rid)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from serve_app.errors import InvalidInput
-from serve_app.storage.base import ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -25,12 +24,10 @@ class JobOutput:
 
 @dataclass(frozen=True)
 class JobContext:
-    """Where a run happens: its job, attempt number (1-based), tenant and the store for extra artifacts."""
+    """Which run this is: its job and attempt number (1-based)."""
 
     job_id: str
     attempt: int
-    tenant: str
-    store: ArtifactStore
 
 
 class JobKind(Protocol):
@@ -39,7 +36,7 @@ class JobKind(Protocol):
     def validate(self, input: dict) -> None:
         """Raise InvalidInput (or a subclass) if `input` cannot be run. Cheap: runs in the request path."""
 
-    async def run(self, input: dict, ctx: JobContext) -> JobOutput:
+    async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
         """Do the work. Cancellation (the worker stopping) must leave nothing half-written that matters."""
 
 

@@ -104,6 +104,7 @@ class JobRunner:
             return None
         if record is None:
             return None
+        assert record.lease_id is not None  # claim() returns the record with its new lease
         lease = _Lease(job_id, record.lease_id, time.monotonic() + self.cfg.lease_s)
         log.info("running job %s (%s), attempt %d/%d", job_id, record.kind, record.attempts, record.max_attempts)
         work = asyncio.create_task(self._run_kind(record))
@@ -122,8 +123,7 @@ class JobRunner:
     async def _run_kind(self, record: JobRecord) -> JobOutput:
         kind = self.kinds.get(record.kind)
         job_input = await asyncio.to_thread(self.service.load_input, record)
-        ctx = JobContext(record.job_id, record.attempts, record.tenant, self.service.store)
-        return await kind.run(job_input, ctx)
+        return await kind.execute(job_input, JobContext(record.job_id, record.attempts))
 
     async def _heartbeat(self, lease: _Lease) -> None:
         """Renew the lease until cancelled; return when it is lost (or cannot be proven held any more)."""

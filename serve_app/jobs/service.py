@@ -23,6 +23,7 @@ two transitions of one job concurrently (the JobRunner serialises heartbeat and 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -272,7 +273,7 @@ class JobService:
             self._deactivate(job_id)
         return ended
 
-    def recover(self, now: datetime | None = None) -> list[str]:
+    def recover(self, now: datetime | None = None) -> builtins.list[str]:  # `list` is a method here
         """Ids of active jobs that need a worker, oldest first: queued for longer than
         `queued_pickup_timeout_s`, or running with an expired lease. Also drops stale active markers."""
         now = now or utcnow()

@@ -19,14 +19,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from serve_app.config import ModelConfig
+from serve_app.config import ConceptConfig, ModelConfig
+from serve_app.errors import InvalidInput, Sam3Error
 from serve_app.model.loading import Placement, load_pretrained, load_tokenizer, resolve_placement
+from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels
 from serve_app.model.types import ConceptInstances, ConceptRequest, ConceptResponse, ModelInfo
 
 TEXT_LENGTH = 32  # SAM 3 pads every prompt to 32 tokens
@@ -42,7 +45,7 @@ class TextEmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, text: str):
+    def get(self, text: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         with self._lock:
             item = self._items.get(text)
             if item is None:
@@ -64,21 +67,20 @@ class TextEmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
 
 @dataclass
-class RunnerStats:
-    """Counters a test or a metrics exporter can read; every call of a model part is counted."""
+class ConceptCounters(BatchCounters):
+    """Every call of a model part is counted (read through ConceptRunner.debug_stats)."""
 
-    batches: int = 0
-    requests: int = 0
     pairs: int = 0
     vision_calls: int = 0
     text_calls: int = 0
     detector_calls: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__, batch_sizes=list(self.batch_sizes))
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,9 @@ class _Pair:
 
 
 class ConceptRunner:
-    """Owns a Sam3Model and its tokenizer on one device. `run` may be called from several threads at once
-    (Serve's concurrent batches): the model is read-only and the counters and cache are locked."""
+    """Owns a Sam3Model and its tokenizer on one device (implements ConceptRunnerProtocol).
+    `segment_batch` may be called from several threads at once (Serve's concurrent batches): the model is
+    read-only and the counters and cache are locked."""
 
     def __init__(self, model, tokenizer, placement: Placement, model_id: str, *, text_cache_size: int = 1024,
                  max_pairs_per_forward: int = 32):
@@ -98,8 +101,7 @@ class ConceptRunner:
         self.placement = placement
         self.max_pairs_per_forward = max_pairs_per_forward
         self.text_cache = TextEmbeddingCache(text_cache_size)
-        self.stats = RunnerStats()
-        self._lock = threading.Lock()
+        self.counters = ConceptCounters()
         vision_cfg = model.config.vision_config
         image_size = vision_cfg.image_size
         self.info = ModelInfo(
@@ -111,18 +113,44 @@ class ConceptRunner:
         )
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, max_pairs_per_forward: int = 32) -> "ConceptRunner":
+    def from_config(cls, model: ModelConfig, concept: ConceptConfig | None = None) -> ConceptRunner:
         from transformers import Sam3Model
 
-        placement = resolve_placement(cfg)
-        model = load_pretrained(Sam3Model, cfg, placement)
-        return cls(model, load_tokenizer(cfg), placement, cfg.model_id, text_cache_size=cfg.text_cache_size,
-                   max_pairs_per_forward=max_pairs_per_forward)
+        concept = concept or ConceptConfig()
+        placement = resolve_placement(model)
+        sam3 = load_pretrained(Sam3Model, model, placement)
+        return cls(sam3, load_tokenizer(model), placement, model.model_id, text_cache_size=model.text_cache_size,
+                   max_pairs_per_forward=concept.max_pairs_per_forward)
 
     # ------------------------------------------------------------------ public
+    def segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptResponse | Sam3Error]:
+        """Segment every prompt of every valid request; a request with bad pixels gets its InvalidInput as
+        its answer and does not disturb the others. Output i belongs to request i."""
+        out: list[ConceptResponse | Sam3Error | None] = [self._check(r) for r in requests]
+        valid = [r for r, err in zip(requests, out) if err is None]
+        answers = iter(self._segment(valid) if valid else [])
+        return [err if err is not None else next(answers) for err in out]
+
+    def check_health(self) -> None:
+        check_device_health(self.placement)
+
+    def debug_stats(self) -> dict[str, Any]:
+        return {**self.counters.snapshot(), "text_cache_size": len(self.text_cache),
+                "text_cache_hits": self.text_cache.hits, "text_cache_misses": self.text_cache.misses}
+
+    def debug_reset(self) -> None:
+        self.counters.reset()
+        self.text_cache.clear()
+
+    def _check(self, req: ConceptRequest) -> InvalidInput | None:
+        size = self.info.image_size
+        if req.pixels.shape != (size, size, 3) or req.pixels.dtype != np.uint8:
+            return InvalidInput(f"pixels must be uint8 ({size},{size},3), got {req.pixels.dtype} {req.pixels.shape}",
+                                "invalid_pixels")
+        return None
+
     @torch.inference_mode()
-    def run(self, requests: list[ConceptRequest]) -> list[ConceptResponse]:
-        """Segment every prompt of every request. Output i belongs to request i."""
+    def _segment(self, requests: list[ConceptRequest]) -> list[ConceptResponse]:
         t0 = time.perf_counter()
         vision = self._encode_images(requests)
         t_vision = time.perf_counter()
@@ -132,12 +160,8 @@ class ConceptRunner:
         for chunk in self._chunks(requests, pairs):
             results.update(self._detect(requests, chunk, vision, texts))
         t_end = time.perf_counter()
-        with self._lock:
-            s = self.stats
-            s.batches += 1
-            s.requests += len(requests)
-            s.pairs += len(pairs)
-            s.batch_sizes.append(len(requests))
+        self.counters.note_batch(len(requests))
+        self.counters.add(pairs=len(pairs))
         timings = {"vision_ms": (t_vision - t0) * 1e3, "detector_ms": (t_end - t_vision) * 1e3}
         return [
             ConceptResponse(
@@ -151,27 +175,25 @@ class ConceptRunner:
     # ----------------------------------------------------------------- stages
     def _encode_images(self, requests: list[ConceptRequest]):
         """uint8 (B,S,S,3) -> one vision-encoder call -> Sam3VisionEncoderOutput with batch dim B."""
-        size = self.info.image_size
-        for req in requests:
-            if req.pixels.shape != (size, size, 3) or req.pixels.dtype != np.uint8:
-                raise ValueError(f"pixels must be uint8 ({size},{size},3), got {req.pixels.dtype} {req.pixels.shape}")
-        pixels = torch.from_numpy(np.stack([r.pixels for r in requests])).to(self.placement.device)
-        pixels = pixels.permute(0, 3, 1, 2).to(self.placement.dtype).div_(255.0).sub_(0.5).div_(0.5)
-        self._count("vision_calls")
+        pixels = normalize_pixels([r.pixels for r in requests], self.placement)
+        self.counters.add(vision_calls=1)
         return self.model.get_vision_features(pixel_values=pixels)
 
     def _encode_texts(self, texts: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Embeddings for every text, from the cache or one batched text-encoder call for the misses."""
-        found = {t: self.text_cache.get(t) for t in sorted(texts)}
-        missing = [t for t, v in found.items() if v is None]
+        cached = {t: self.text_cache.get(t) for t in sorted(texts)}
+        found = {t: v for t, v in cached.items() if v is not None}
+        missing = [t for t, v in cached.items() if v is None]
         if missing:
             tok = self.tokenizer(missing, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                                  return_tensors="pt").to(self.placement.device)
-            self._count("text_calls")
+            self.counters.add(text_calls=1)
             emb = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
             for i, text in enumerate(missing):
-                found[text] = (emb[i], tok.attention_mask[i])
-                self.text_cache.put(text, found[text])
+                # clone: a view would pin the whole batch's tensor in the cache (unbounded bytes per entry)
+                pair = (emb[i].clone(), tok.attention_mask[i].clone())
+                self.text_cache.put(text, pair)
+                found[text] = pair
         return found
 
     def _chunks(self, requests: list[ConceptRequest], pairs: list[_Pair]):
@@ -196,7 +218,7 @@ class ConceptRunner:
         kwargs = {}
         if prompts[0].boxes_cxcywh is not None:  # chunks are homogeneous (see _chunks)
             kwargs = self._box_inputs(prompts)
-        self._count("detector_calls")
+        self.counters.add(detector_calls=1)
         out = self.model(
             vision_embeds=vision_embeds,
             text_embeds=BaseModelOutputWithPooling(pooler_output=text_embeds),
@@ -233,7 +255,3 @@ class ConceptRunner:
             labels[i, :n] = torch.from_numpy(np.asarray(p.box_labels, dtype=np.int64))
         device = self.placement.device
         return {"input_boxes": boxes.to(device, self.placement.dtype), "input_boxes_labels": labels.to(device)}
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            setattr(self.stats, name, getattr(self.stats, name) + 1)

@@ -1,7 +1,8 @@
-"""A byte-bounded LRU of image embeddings, one per PromptSegmenter replica. No Ray, no FastAPI.
+"""A byte-bounded LRU of image embeddings, one per ClickSegmenter replica. No Ray, no FastAPI.
 
-Keys are image ids (sha256 of the image bytes); values are whatever the runner stores (a tuple of device
-tensors plus the original size) with their size in bytes given by the caller. The sum of the sizes never
+Keys are opaque strings (the click pipeline uses "{tenant}/{image sha256}", so tenants never share
+entries); values are whatever the runner stores (a tuple of device tensors plus the original size) with
+their size in bytes given by the caller. The sum of the sizes never
 exceeds `max_bytes`: inserting evicts least-recently-used entries first, and an entry larger than the
 whole budget is not kept at all (the caller still uses the value it computed). Thread-safe: Serve may run
 a click batch and an automatic-mode call in two threads at once.

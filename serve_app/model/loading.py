@@ -42,7 +42,7 @@ def resolve_placement(cfg: ModelConfig) -> Placement:
     return Placement(device, dtype)
 
 
-def _local_only(cfg: ModelConfig) -> bool:
+def local_files_only(cfg: ModelConfig) -> bool:
     """Never contact the Hub for local directories, HF_HUB_OFFLINE=1 or when configured so."""
     return cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1" or os.path.isdir(cfg.model_id)
 
@@ -57,7 +57,7 @@ def load_pretrained(cls, cfg: ModelConfig, placement: Placement, **kwargs):
             cfg.model_id,
             revision=cfg.revision,
             dtype=placement.dtype,
-            local_files_only=_local_only(cfg),
+            local_files_only=local_files_only(cfg),
             output_loading_info=True,
             **kwargs,
         )
@@ -74,4 +74,4 @@ def load_tokenizer(cfg: ModelConfig):
     """The CLIP tokenizer saved with the checkpoint."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.model_id, revision=cfg.revision, local_files_only=_local_only(cfg))
+    return AutoTokenizer.from_pretrained(cfg.model_id, revision=cfg.revision, local_files_only=local_files_only(cfg))

@@ -83,11 +83,11 @@ class ModelInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Visual prompts (PromptSegmenter / Sam3TrackerModel): points, boxes, previous masks; automatic mode.
+# Visual prompts (ClickSegmenter / Sam3TrackerModel): points, boxes, previous masks; automatic mode.
 
 
 @dataclass(frozen=True)
-class PromptObject:
+class ClickObject:
     """The prompts of one object on one image.
 
     points_xy: float32 (n,2) click positions in ORIGINAL image pixels (x right, y down; EXIF-rotated
@@ -112,12 +112,12 @@ class PromptObject:
 
 
 @dataclass(frozen=True)
-class PromptRequest:
-    """Clicks/boxes on one image, as the PromptSegmenter receives it.
+class ClickRequest:
+    """Clicks/boxes on one image, as the ClickSegmenter receives it.
 
-    image_id: the key of the replica's embedding cache: "{tenant}/{sha256 of the image bytes}" from the
+    cache_key: the key of the replica's embedding cache: "{tenant}/{sha256 of the image bytes}" from the
         ingress (any string to the model layer).
-    objects: one PromptObject per object (may be empty: then the call only fills the cache).
+    objects: one ClickObject per object (may be empty: then the call only fills the cache).
     pixels: uint8 (S,S,3) RGB, the EXIF-corrected image resized (aspect NOT kept) to the model's square
         input size S, or None: the replica then answers from its cache or returns EmbeddingMiss.
     original_hw: (H, W) of the EXIF-corrected original; required with pixels (kept in the cache with the
@@ -125,8 +125,8 @@ class PromptRequest:
     multimask_output: True = three candidate masks per object; False = the single-mask output.
     """
 
-    image_id: str
-    objects: tuple[PromptObject, ...]
+    cache_key: str
+    objects: tuple[ClickObject, ...]
     pixels: np.ndarray | None = None
     original_hw: tuple[int, int] | None = None
     multimask_output: bool = False
@@ -134,9 +134,9 @@ class PromptRequest:
 
 @dataclass(frozen=True)
 class EmbeddingMiss:
-    """The replica does not hold `image_id`'s embedding: send the request again with pixels."""
+    """The replica does not hold `cache_key`'s embedding: send the request again with pixels."""
 
-    image_id: str
+    cache_key: str
 
 
 @dataclass
@@ -145,7 +145,7 @@ class ObjectMasks:
 
     mask_logits: float16 (k,m,m) low-res logits covering the whole image (k = 3 with multimask_output,
         else 1); upsample to (H,W) and threshold at 0. Each (m,m) slice is also that candidate's
-        refinement input (PromptObject.mask_logits).
+        refinement input (ClickObject.mask_logits).
     scores: float32 (k,) predicted IoU of each candidate.
     object_score: float in [0,1], sigmoid of the model's object-presence logit.
     """
@@ -156,8 +156,8 @@ class ObjectMasks:
 
 
 @dataclass
-class PromptResponse:
-    """Per-object results of a PromptRequest, in object order, plus replica-side facts.
+class ClickResponse:
+    """Per-object results of a ClickRequest, in object order, plus replica-side facts.
 
     original_hw: (H, W) the masks are to be upsampled to. cache_hit: the embedding came from the cache
     (no vision-encoder call for this request). timings_ms: replica-side stage times.
@@ -180,11 +180,11 @@ class AutoRequest:
     dropped; box NMS at box_nms_thresh runs first on low-res boxes (cheap pruning), then the survivors
     are upsampled to the original size, masks with area < min_mask_area (ORIGINAL pixels) dropped, and
     NMS runs again on their exact tight boxes, so no two returned boxes overlap by more than
-    box_nms_thresh. pixels/original_hw: as in PromptRequest. max_masks caps the output (highest score
+    box_nms_thresh. pixels/original_hw: as in ClickRequest. max_masks caps the output (highest score
     first).
     """
 
-    image_id: str
+    cache_key: str
     pixels: np.ndarray | None = None
     original_hw: tuple[int, int] | None = None
     points_per_side: int = 16

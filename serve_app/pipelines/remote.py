@@ -1,23 +1,24 @@
-"""Calling model deployments: Ray Serve / asyncio failures become our typed errors at the call site.
+"""Calling model deployments: one client per model deployment, with the Ray Serve / asyncio failures of a
+handle call turned into our typed errors at the call site.
 
 Serve installs its own FastAPI handlers for BackPressureError / DeploymentUnavailableError (plain-text
-503s), so they must be translated before they reach FastAPI. Status codes live on the error classes;
-serve_app.ingress.errors turns them into responses.
+503s), so they must be translated before they reach FastAPI. Only handle calls go through this
+translation: any other exception that reaches the error handler is a bug (500). Status codes live on the
+error classes; serve_app.ingress.errors turns them into responses (and adds the configured Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import Any
 
 from serve_app.errors import Overloaded, Sam3Error, Timeout, Unavailable
-
-T = TypeVar("T")
-RETRY_AFTER_S = 2
+from serve_app.model.types import ModelInfo
 
 
-def translate_remote_error(exc: BaseException) -> Sam3Error | None:
-    """A Sam3Error for known Ray/Serve/asyncio failures (and wrapped Sam3Errors); None for bugs."""
+def translate_handle_error(exc: BaseException) -> Sam3Error | None:
+    """A Sam3Error for the failures a DeploymentHandle call can raise (and Sam3Errors a replica raised);
+    None for anything else."""
     from ray import exceptions as ray_exc
     from ray.serve import exceptions as serve_exc
 
@@ -27,21 +28,36 @@ def translate_remote_error(exc: BaseException) -> Sam3Error | None:
     if isinstance(exc, Sam3Error):
         return exc
     if isinstance(exc, serve_exc.BackPressureError):
-        return Overloaded("the model replicas are saturated, retry later", retry_after_s=RETRY_AFTER_S)
+        return Overloaded("the model replicas are saturated, retry later")
     if isinstance(exc, (serve_exc.DeploymentUnavailableError, ray_exc.RayActorError, ray_exc.ActorUnavailableError)):
-        return Unavailable("model replicas are unavailable, retry later", "model_unavailable",
-                           retry_after_s=RETRY_AFTER_S)
+        return Unavailable("model replicas are unavailable, retry later", "model_unavailable")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, serve_exc.RequestCancelledError)):
         return Timeout("the model did not answer in time", "model_timeout")
     return None
 
 
-async def call_remote(awaitable: Awaitable[T], timeout_s: float) -> T:
-    """Await a DeploymentResponse with a deadline; raise Sam3Errors for known failures."""
-    try:
-        return await asyncio.wait_for(awaitable, timeout_s)
-    except Exception as exc:
-        err = translate_remote_error(exc)
-        if err is None or err is exc:
-            raise
-        raise err from exc
+class ModelClient:
+    """Calls one model deployment through its DeploymentHandle, with a deadline per call and the
+    checkpoint facts (ModelInfo) fetched once per replica process."""
+
+    def __init__(self, handle: Any, timeout_s: float):
+        self.handle = handle
+        self.timeout_s = timeout_s
+        self._info: ModelInfo | None = None
+
+    async def info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = await self.call("info")
+        return self._info
+
+    async def call(self, method: str, *args: Any, routing_key: str | None = None) -> Any:
+        """`handle.<method>.remote(*args)` awaited within timeout_s; `routing_key` is the
+        ConsistentHashRouter key (Serve's `session_id` option). Raises Sam3Errors for known failures."""
+        handle = self.handle.options(session_id=routing_key) if routing_key is not None else self.handle
+        try:
+            return await asyncio.wait_for(getattr(handle, method).remote(*args), self.timeout_s)
+        except Exception as exc:
+            err = translate_handle_error(exc)
+            if err is None or err is exc:
+                raise
+            raise err from exc

@@ -1,7 +1,7 @@
 """Results handed back by reference: JSON and overlay PNGs written to storage, presigned GET URLs out.
 
     publisher = ResultPublisher(store, cfg.storage)
-    urls = await publisher.publish(body, overlay_png)   # {"result_url", "overlay_url"?, "expires_at"}
+    urls = await publisher.publish(result_json, overlay_png)   # {"result_url", "overlay_url"?, "expires_at"}
 
 Keys: `t/{tenant}/results/{result_id}/result.json` and `…/overlay.png` (result_id is generated here).
 The overlay is written before the JSON, so a client holding the result URL finds the overlay too.
@@ -10,9 +10,7 @@ The overlay is written before the JSON, so a client holding the result URL finds
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from serve_app.config import StorageConfig
 from serve_app.storage import keys
@@ -34,16 +32,17 @@ class ResultPublisher:
         """A presigned GET for `key`, valid storage.presign_expiry_s (blocking: local signing, no I/O)."""
         return self.store.presign_get(key, self.expiry_s)
 
-    async def publish(self, body: dict[str, Any], overlay_png: bytes | None) -> dict[str, Any]:
-        """Store `body` as JSON (and the overlay); return `result_url`, `overlay_url` (if any), `expires_at`."""
+    async def publish(self, result_json: bytes, overlay_png: bytes | None) -> dict[str, str]:
+        """Store the result document (and the overlay); return `result_url`, `overlay_url` (if any),
+        `expires_at`."""
         result_id = keys.new_id()
-        urls: dict[str, Any] = {}
+        urls: dict[str, str] = {}
         if overlay_png is not None:
             overlay_key = keys.result_overlay_key(self.tenant, result_id)
             await asyncio.to_thread(self.store.put, overlay_key, overlay_png, "image/png")
             urls["overlay_url"] = self.presign(overlay_key)
         result_key = keys.result_key(self.tenant, result_id)
-        await asyncio.to_thread(self.store.put, result_key, json.dumps(body).encode(), "application/json")
+        await asyncio.to_thread(self.store.put, result_key, result_json, "application/json")
         urls["result_url"] = self.presign(result_key)
         urls["expires_at"] = expiry_iso(self.expiry_s)
         return urls

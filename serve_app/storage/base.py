@@ -24,6 +24,8 @@ import abc
 from dataclasses import dataclass
 from datetime import datetime
 
+from serve_app.errors import InvalidInput, NotFound
+
 
 @dataclass(frozen=True)
 class BlobInfo:
@@ -103,6 +105,17 @@ class ArtifactStore(abc.ABC):
     @abc.abstractmethod
     def presign_get(self, key: str, expires_s: int) -> str:
         """A URL that GETs `key` over plain HTTP for `expires_s` seconds (the object need not exist yet)."""
+
+    def get_from_bucket(self, bucket: str, key: str, max_bytes: int) -> Blob:
+        """An object of ANOTHER bucket (s3:// inputs), refused above `max_bytes`. Only the S3 backend reads
+        foreign buckets; the others raise InvalidInput (code url_not_allowed)."""
+        raise InvalidInput("s3:// urls need the S3 storage backend", "url_not_allowed")
+
+    def verify_presigned(self, method: str, key: str, expires: str | int, sig: str, *,
+                         content_type: str | None = None, content_length: int | None = None) -> None:
+        """Check a presigned URL this service serves itself (the /v1/blobs route of the file:// backend).
+        Backends whose URLs point at object storage serve nothing here: NotFound."""
+        raise NotFound("blobs are served by object storage in this deployment", "not_found")
 
     @abc.abstractmethod
     def presign_put(

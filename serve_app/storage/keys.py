@@ -13,9 +13,11 @@ added by the backend) and always start with the tenant:
     t/{tenant}/results/{result_id}/overlay.png  …and its overlay
     t/{tenant}/jobs-active/{job_id}            marker: the job is queued or running (recovery scans these)
     t/{tenant}/jobs-idem/{sha256(key)}         marker: Idempotency-Key -> job id and body hash
-    t/{tenant}/sessions/{sid}/video            a video session's source
+    t/{tenant}/sessions/{sid}/record.json      a video session's record (+ journal/, checkpoints/)
     t/{tenant}/sessions/{sid}/journal/{seq}    a session's prompt journal, seq zero-padded
-    t/{tenant}/sessions/{sid}/frames/{i}.jpg   extracted frames
+    t/{tenant}/sessions/{sid}/frames/{i}.jpg   extracted frames (+ frames/index.json, the manifest)
+    t/{tenant}/sessions/{sid}/masks/{i:06d}.json  a computed frame's objects (RLE), for playback and exports
+    t/{tenant}/videos/{sha256}                 a source video, content-addressed
     t/{tenant}/exports/{export_id}.zip         dataset exports
 
 Every id that reaches a key is either generated here (`new_id`, `new_job_id`) or validated against
@@ -160,10 +162,6 @@ def session_prefix(tenant: str, session_id: str) -> str:
     return f"{tenant_prefix(tenant)}sessions/{validate_id(session_id, 'session_id')}/"
 
 
-def session_video_key(tenant: str, session_id: str) -> str:
-    return session_prefix(tenant, session_id) + "video"
-
-
 def session_journal_key(tenant: str, session_id: str, seq: int) -> str:
     """Journal entry `seq` (>= 0), zero-padded to 10 digits so entries list in order."""
     if not isinstance(seq, int) or seq < 0:
@@ -179,3 +177,22 @@ def session_frame_key(tenant: str, session_id: str, index: int) -> str:
 
 def export_key(tenant: str, export_id: str) -> str:
     return f"{tenant_prefix(tenant)}exports/{validate_id(export_id, 'export_id')}.zip"
+
+
+def session_masks_key(tenant: str, session_id: str, index: int) -> str:
+    """One propagated frame's results (objects with RLE masks at the frame's size), zero-padded so a listing
+    is in frame order."""
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise InvalidInput("frame index must be a non-negative integer", "invalid_frame_index")
+    return f"{session_prefix(tenant, session_id)}masks/{index:06d}.json"
+
+
+def session_masks_prefix(tenant: str, session_id: str) -> str:
+    return f"{session_prefix(tenant, session_id)}masks/"
+
+
+def video_key(tenant: str, video_id: str) -> str:
+    """A source video, content-addressed by the sha256 of its bytes (reused by `video_id`)."""
+    if not isinstance(video_id, str) or not _SHA256.fullmatch(video_id):
+        raise InvalidInput("video_id must be 64 lowercase hex digits (the sha256 of the video)", "invalid_video_id")
+    return f"{tenant_prefix(tenant)}videos/{video_id}"

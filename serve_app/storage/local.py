@@ -162,7 +162,7 @@ class LocalStore(ArtifactStore):
                         start_after is None or key > start_after
                     ):
                         keys.append(key)
-            found = []
+            found: list[BlobInfo] = []
             for key in sorted(keys):
                 if len(found) == limit:
                     break

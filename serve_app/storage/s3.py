@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -27,6 +28,9 @@ from serve_app.config import StorageConfig
 from serve_app.errors import Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Sam3Error, Unavailable
 from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
 from serve_app.storage.keys import check_key
+
+if TYPE_CHECKING:  # boto3-stubs (dev extra): request shapes as TypedDicts
+    from mypy_boto3_s3.type_defs import ListObjectsV2RequestTypeDef
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
@@ -172,13 +176,14 @@ class S3Store(ArtifactStore):
 
     def list(self, prefix, *, start_after=None, limit=1000):
         check_key(prefix, prefix=True)
-        args = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
+        args: ListObjectsV2RequestTypeDef = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
         if start_after is not None:
             args["StartAfter"] = self._full(check_key(start_after, prefix=True))
         found: list[BlobInfo] = []
         while len(found) < limit:
+            args["MaxKeys"] = min(1000, limit - len(found))
             with self._translate("list", prefix):
-                resp = self._client.list_objects_v2(**args, MaxKeys=min(1000, limit - len(found)))
+                resp = self._client.list_objects_v2(**args)
             for obj in resp.get("Contents", []):
                 found.append(BlobInfo(self._relative(obj["Key"]), obj["Size"], obj["ETag"], obj["LastModified"]))
             if not resp.get("IsTruncated"):

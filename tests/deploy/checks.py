@@ -128,7 +128,11 @@ def check_rayservice(rs: dict, *, gpu_group: str | None = "gpu", gpus_per_pod: i
         assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), tolerations
         concept = cfg["applications"][0]["args"]["concept"]["replica"]
         assert concept["num_gpus"] == gpus_per_pod, "num_gpus must be explicit on Kubernetes"
-        prompt = cfg["applications"][0]["args"].get("prompt", {}).get("replica", {})
-        assert prompt.get("num_gpus") == gpus_per_pod, "prompt.replica.num_gpus must be explicit on Kubernetes"
+        click = cfg["applications"][0]["args"].get("click", {}).get("replica", {})
+        assert click.get("num_gpus") == gpus_per_pod, "click.replica.num_gpus must be explicit on Kubernetes"
+        actor = cfg["applications"][0]["args"].get("video", {}).get("actor", {})
+        share = actor.get("num_gpus")
+        assert isinstance(share, (int, float)) and 0 < share <= gpus_per_pod, (
+            f"video.actor.num_gpus must be an explicit GPU share on Kubernetes, got {share!r}")
         assert "replicas" not in group, "the autoscaler owns `replicas`; re-applying it would fight the autoscaler"
     return cfg

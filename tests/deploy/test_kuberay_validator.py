@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.deploy import kube
+from tests.deploy.conftest import require_crds
 
 STATUS_FIXTURES = sorted((kube.REPO_ROOT / "tests" / "unit" / "data" / "cluster_status").glob("*.yaml"))
 
@@ -109,3 +110,32 @@ def test_recorded_status_objects_match_the_crds(crds, path: pathlib.Path):
             assert kube.validate_custom_resource(case[key]) == [], key
     for pod in case["pods"]:
         assert kube.validate_core(pod) == [], pod["metadata"]["name"]
+
+
+@pytest.mark.parametrize("ci", ["true", "1"])
+def test_missing_crds_fail_under_ci(monkeypatch, tmp_path, ci):
+    """CI must run the CRD checks: without the CRDs it fails instead of skipping."""
+    monkeypatch.setattr(kube, "CRD_DIR", tmp_path)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception, match="KubeRay v1.7.0 CRDs not found") as failed:
+        require_crds()
+    assert str(tmp_path) in str(failed.value) and "KUBERAY_CRD_DIR" in str(failed.value)
+
+
+@pytest.mark.parametrize("ci", [None, "", "0", "false"])
+def test_missing_crds_skip_outside_ci(monkeypatch, tmp_path, ci):
+    monkeypatch.setattr(kube, "CRD_DIR", tmp_path)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.skip.Exception, match="KubeRay v1.7.0 CRDs not found"):
+        require_crds()
+
+
+def test_present_crds_are_returned(monkeypatch, tmp_path):
+    for name in kube.CRD_FILES.values():
+        (tmp_path / name).write_text("{}")
+    monkeypatch.setattr(kube, "CRD_DIR", tmp_path)
+    monkeypatch.setenv("CI", "true")
+    assert require_crds() == tmp_path

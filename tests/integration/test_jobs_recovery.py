@@ -1,7 +1,12 @@
 """Accepted jobs are never lost, through real Serve: a killed JobWorker replica, and an S3 server that stops.
 
-A second app ("sam3x" at /x) runs on a SeaweedFS of this module's own, with a ConceptSegmenter that waits
-5 s for batch company, so a job stays `running` long enough to kill its replica or stop the storage.
+A second app ("sam3x" at /x) runs on a SeaweedFS of this module's own (`module_seaweedfs`), with a
+ConceptSegmenter that waits 5 s for batch company. The tests wait for the job record to say `running`
+(a polled condition); the 5 s wait is the window in which the job is still running after that, so the test
+can kill its replica or stop the storage mid-run. It is a config value, not a sleep of the test: nothing
+outside the app can hold a model call open (build_app always binds the default runners), so this window
+is the only way to keep a real job in flight. A job that finished before the kill would fail the attempts
+assertion loudly, not pass by accident.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import requests
 
 from serve_app.config import AppConfig
 from serve_app.jobs.kinds import JobKindRegistry
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.service import JobService
 from serve_app.storage import open_store
 from tests.conftest import serve_args
-from tests.fixtures.s3 import _server, s3_storage_config
-from tests.helpers import b64, png_bytes
-from tests.integration.test_storage_jobs_http import instances, wait_job
+from tests.fixtures.s3 import s3_storage_config
+from tests.helpers import b64, instances, png_bytes, serve_replicas, wait_for, wait_job
 
 APP = "sam3x"
 JOB = {"kind": "pcs_image", "input": {"image": {"base64": b64(png_bytes(seed=11))}, "prompts": [{"text": "car"}],
@@ -27,49 +32,37 @@ JOB = {"kind": "pcs_image", "input": {"image": {"base64": b64(png_bytes(seed=11)
 
 
 @pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    server = _server(tmp_path_factory.mktemp("seaweedfs-x"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def app(serve_url, tiny_model_dir, storage):
+def app(serve_url, tiny_model_dir, module_seaweedfs):
     """(base URL, AppConfig) of the slow-batching app on this module's storage."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    args = serve_args(tiny_model_dir, storage=s3_storage_config(storage).model_dump(),
-                      concept={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 5.0}})
+    args = serve_args(tiny_model_dir, storage=s3_storage_config(module_seaweedfs).model_dump(),
+                      concept={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 5.0}},
+                      video={"warm_pool": 0})  # no idle video actor: no video here
     serve.run(build_app(args), name=APP, route_prefix="/x")
     yield f"{serve_url}/x", AppConfig.model_validate(args)
     serve.delete(APP)
 
 
 def job_service(cfg: AppConfig) -> JobService:
-    """Read access to the job records the app writes (the test's own client of the same bucket)."""
+    """Read access to the job records the app writes (the test's own client of the same bucket): the
+    record's lease owner is not part of the public job view."""
     return JobService(open_store(cfg.storage), cfg.jobs, JobKindRegistry(), cfg.storage.default_tenant)
 
 
-def wait_running(jobs: JobService, job_id: str, timeout_s: float = 30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = jobs.get(job_id)
-        if record.status == "running":
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never ran: {jobs.get(job_id)}")
+def wait_running(jobs: JobService, job_id: str, timeout_s: float = 30) -> JobRecord:
+    """The job's record once a worker claimed it (status running)."""
+    return wait_for(lambda: (r := jobs.get(job_id)).status == "running" and r, timeout_s, f"job {job_id} to run")
 
 
 def kill_replica(app_name: str, replica_unique_id: str) -> None:
-    """ray.kill the Serve replica actor whose id is `replica_unique_id` (Serve then starts a new one)."""
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith(f"SERVE_REPLICA::{app_name}#JobWorker#") and replica_unique_id in actor["name"]:
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-            return
-    raise AssertionError(f"no JobWorker replica {replica_unique_id} in {ray.util.list_named_actors(True)}")
+    """ray.kill the JobWorker replica actor whose id is `replica_unique_id` (Serve then starts a new one)."""
+    replicas = serve_replicas(app_name, "JobWorker")
+    assert replica_unique_id in replicas, (replica_unique_id, replicas)
+    name, namespace = replicas[replica_unique_id]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
 
 
 def test_job_survives_its_worker_replica_being_killed(app):
@@ -91,7 +84,7 @@ def test_job_survives_its_worker_replica_being_killed(app):
     assert len(result["results"][0]["instances"]) == 2
 
 
-def test_storage_down_is_503_and_running_jobs_finish_after_it_returns(app, storage):
+def test_storage_down_is_503_and_running_jobs_finish_after_it_returns(app, module_seaweedfs):
     base, cfg = app
     jobs = job_service(cfg)
     stored = requests.post(base + "/v1/pcs/image", json={**JOB["input"], "return": "url"}, timeout=60).json()
@@ -99,7 +92,8 @@ def test_storage_down_is_503_and_running_jobs_finish_after_it_returns(app, stora
     job_id = r.json()["job_id"]
     wait_running(jobs, job_id)
 
-    storage.stop()  # mid-run: the job cannot write its result now
+    module_seaweedfs.stop()  # mid-run: the job cannot write its result now
+    stopped_at = time.monotonic()
     try:
         for method, path, body in [
             ("post", "/v1/jobs", JOB),
@@ -115,9 +109,12 @@ def test_storage_down_is_503_and_running_jobs_finish_after_it_returns(app, stora
         # Requests that do not need storage still work.
         inline = requests.post(base + "/v1/pcs/image", json=JOB["input"], timeout=60)
         assert inline.status_code == 200, inline.text
-        time.sleep(cfg.jobs.lease_s)  # the running job's lease runs out while storage is away
+        # The running job's lease must run out while storage is away (its last renewal was at the latest
+        # when storage stopped). A real-time requirement: the lease is wall-clock time in another process,
+        # and its record cannot be read while storage is down, so wait out the rest of one lease.
+        time.sleep(max(0.0, stopped_at + cfg.jobs.lease_s - time.monotonic()))
     finally:
-        storage.start()
+        module_seaweedfs.start()
 
     done = wait_job(base, job_id, timeout_s=180)
     assert done["status"] == "succeeded", done

@@ -52,7 +52,7 @@ class Echo:
         if not isinstance(input.get("text"), str):
             raise InvalidInput("text must be a string")
 
-    async def run(self, input: dict, ctx: JobContext) -> JobOutput:
+    async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
         result = {"echo": input["text"], "attempt": ctx.attempt, "worker": self.worker}
         overlay = b"\x89PNG" + input["text"].encode() if input.get("overlay") else None
         return JobOutput(json.dumps(result).encode(), overlay)
@@ -69,14 +69,14 @@ class Gate(Echo):
         self.release = asyncio.Event()
         self.cancelled = False
 
-    async def run(self, input: dict, ctx: JobContext) -> JobOutput:
+    async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
         self.started.set()
         try:
             await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled = True
             raise
-        return await super().run(input, ctx)
+        return await super().execute(input, ctx)
 
 
 class Raises(Echo):
@@ -88,10 +88,10 @@ class Raises(Echo):
         super().__init__()
         self.errors = list(errors)
 
-    async def run(self, input: dict, ctx: JobContext) -> JobOutput:
+    async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
         if self.errors:
             raise self.errors.pop(0)
-        return await super().run(input, ctx)
+        return await super().execute(input, ctx)
 
 
 def registry(*kinds) -> JobKindRegistry:
@@ -201,12 +201,22 @@ def test_submit_validates_kind_and_input(store):
         service.get("../escape")
 
 
-def test_list_newest_first_with_status_filter_and_cursor(store):
+class SteppingClock:
+    """An injected `time` for serve_app.storage.keys: every reading is 1 ms after the previous one, so job
+    ids (which sort by their millisecond) made one after another have a defined order without waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def test_list_newest_first_with_status_filter_and_cursor(store, monkeypatch):
     service = service_for(store)
-    ids = []
-    for i in range(5):
-        ids.append(service.submit("echo", {"text": str(i)}).job_id)
-        time.sleep(0.002)  # distinct milliseconds, so the order is defined
+    monkeypatch.setattr(keys, "time", SteppingClock())  # distinct milliseconds, so the order is defined
+    ids = [service.submit("echo", {"text": str(i)}).job_id for i in range(5)]
     service.cancel(ids[1])
     service.cancel(ids[3])
     page, cursor = service.list(limit=2)
@@ -333,8 +343,7 @@ def test_expired_lease_is_recovered_and_the_old_owner_is_fenced_off(store):
 def test_heartbeat_extends_the_lease(store):
     service = service_for(store)
     job = service.submit("echo", {"text": "a"})
-    claimed = service.claim(job.job_id, "w1")
-    time.sleep(0.01)
+    claimed = service.claim(job.job_id, "w1", now=utcnow() - timedelta(seconds=JOBS.lease_s / 2))  # claimed a while ago
     renewed = service.heartbeat(job.job_id, claimed.lease_id)
     assert renewed.lease_expires_at > claimed.lease_expires_at
     assert service.recover(now=claimed.lease_expires_at + timedelta(milliseconds=5)) == []
@@ -491,7 +500,7 @@ class Hang:
     name = "gate"
     def validate(self, input):
         pass
-    async def run(self, input, ctx):
+    async def execute(self, input, ctx):
         await asyncio.Event().wait()
 
 async def main():

@@ -9,12 +9,14 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import multiprocessing
+import multiprocessing.synchronize
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -22,11 +24,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.config import StorageConfig
+from serve_app.config import AppConfig, StorageConfig
 from serve_app.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, Unavailable
 from serve_app.ingress.errors import install_error_handling
 from serve_app.ingress.routers import blobs
 from serve_app.storage import ArtifactStore, open_store
+from serve_app.storage import local as local_backend
 from serve_app.storage.local import LocalStore
 from tests.fixtures.s3 import s3_storage_config
 
@@ -51,11 +54,13 @@ def urllib_call(method: str, url: str, data: bytes | None = None, headers: dict 
         return exc.code, exc.read(), dict(exc.headers)
 
 
-def blobs_app(store: ArtifactStore) -> FastAPI:
+def blobs_app(store: ArtifactStore, storage: StorageConfig) -> FastAPI:
+    """The /v1/blobs router alone, over `store` (the part of an IngressContext it reads: services.store and
+    services.config)."""
     app = FastAPI()
     install_error_handling(app)
     app.include_router(blobs.router)
-    app.state.ctx = SimpleNamespace(store=store)
+    app.state.ctx = SimpleNamespace(services=SimpleNamespace(store=store, config=AppConfig(storage=storage)))
     return app
 
 
@@ -63,7 +68,7 @@ def blobs_app(store: ArtifactStore) -> FastAPI:
 def backend(storage_config) -> Backend:
     store = open_store(storage_config)
     if isinstance(store, LocalStore):
-        client = TestClient(blobs_app(store))
+        client = TestClient(blobs_app(store, storage_config))
 
         def call(method, url, data=None, headers=None):
             resp = client.request(method, url, content=data, headers=headers)
@@ -209,26 +214,36 @@ def test_racing_conditional_writers_exactly_one_wins(backend, mode):
     assert backend.store.get(key).data == f"claimed by {wins.index(True)}".encode()
 
 
-def _claim_in_process(args: tuple[str, int]) -> bool:
-    root, i = args
+def _claim_in_process(root: str, i: int, start: multiprocessing.synchronize.Barrier, wins: multiprocessing.Queue) -> None:
     store = LocalStore(StorageConfig(uri=f"file://{root}"))
-    deadline = time.time() + 0.5  # start together-ish: spin until a shared moment
-    while time.time() < deadline:
-        pass
+    start.wait(timeout=60)  # every process is up and has its store: all claim at once
     try:
         store.put("t/default/lock", str(i).encode(), if_none_match=True)
-        return True
+        wins.put((i, True))
     except PreconditionFailed:
-        return False
+        wins.put((i, False))
 
 
 def test_local_conditional_writes_are_safe_across_processes(tmp_path):
     root = tmp_path / "store"
     LocalStore(StorageConfig(uri=f"file://{root}"))  # creates the directory and signing key once
-    with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        wins = list(pool.map(_claim_in_process, [(str(root), i) for i in range(4)]))
-    assert wins.count(True) == 1
-    assert LocalStore(StorageConfig(uri=f"file://{root}")).get("t/default/lock").data == str(wins.index(True)).encode()
+    ctx = multiprocessing.get_context("spawn")
+    contenders = 4
+    start, results = ctx.Barrier(contenders), ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(str(root), i, start, results)) for i in range(contenders)]
+    for proc in procs:
+        proc.start()
+    try:
+        outcome = dict(results.get(timeout=120) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():  # only on failure: a process of this test that did not finish
+                proc.kill()
+    assert sorted(outcome) == list(range(contenders))
+    winners = [i for i, won in outcome.items() if won]
+    assert len(winners) == 1
+    assert LocalStore(StorageConfig(uri=f"file://{root}")).get("t/default/lock").data == str(winners[0]).encode()
 
 
 # -- presigned URLs --------------------------------------------------------------------------------
@@ -261,10 +276,21 @@ def test_tampered_presigned_urls_are_rejected(backend):
     assert status == 403
 
 
-def test_expired_presigned_url_is_rejected(backend):
+def test_expired_presigned_url_is_rejected(backend, monkeypatch):
     backend.store.put("t/default/brief", b"short-lived")
     url = backend.store.presign_get("t/default/brief", 1)
-    time.sleep(2.1)
+    if backend.name == "local":
+        # The /v1/blobs route runs in this process (TestClient): move its clock past the expiry (injected
+        # into the backend's module) instead of waiting for it.
+        later = time.time() + 2
+        monkeypatch.setattr(local_backend, "time", SimpleNamespace(time=lambda: later))
+    else:
+        # A real-time requirement: SeaweedFS checks X-Amz-Date + X-Amz-Expires against its own clock, both in
+        # whole seconds, and S3 has no expiry below 1 s. Wait until the URL is past its expiry by that
+        # resolution (X-Amz-Date is truncated to the second, so this is 1-2 s after presigning).
+        query = dict(parse_qsl(urlsplit(url).query))
+        signed = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+        time.sleep(max(0.0, signed + int(query["X-Amz-Expires"]) + 1.0 - time.time()))
     status, body, _ = backend.http("GET", url)
     assert status == 403 and b"short-lived" not in body
 
@@ -319,7 +345,7 @@ def test_local_verify_presigned(tmp_path):
 
 
 def test_blobs_route_is_404_when_storage_is_s3(s3_config):
-    client = TestClient(blobs_app(open_store(s3_config)))
+    client = TestClient(blobs_app(open_store(s3_config), s3_config))
     assert client.get("/v1/blobs/t/default/a?expires=1&sig=x").status_code == 404
 
 

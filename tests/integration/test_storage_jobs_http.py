@@ -7,7 +7,6 @@ Uploads via presigned PUT, images by reference (upload_id, s3:// url), results b
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -15,7 +14,7 @@ import requests
 
 from serve_app.codecs.masks import decode_rle
 from tests.fixtures.s3 import BUCKET
-from tests.helpers import b64, png_bytes
+from tests.helpers import b64, instances, png_bytes, wait_job
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPTS = [{"text": "car"}, {"text": "dog"}]
@@ -37,23 +36,6 @@ def presigned_upload(base: str, data: bytes, content_type: str = "image/png") ->
 def pcs(base: str, image: dict, **options) -> requests.Response:
     body = {"image": image, "prompts": PROMPTS, "threshold": 0.0, "max_instances": 3, **options}
     return requests.post(base + "/v1/pcs/image", json=body, timeout=120)
-
-
-def instances(body: dict) -> list:
-    """What must be identical between two runs of the same request: every instance's content."""
-    return [[(i["score"], i["box"], i["area"], i["mask"]["counts"]) for i in res["instances"]]
-            for res in body["results"]]
-
-
-def wait_job(base: str, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = requests.get(f"{base}/v1/jobs/{job_id}", timeout=30)
-        assert r.status_code == 200, r.text
-        if r.json()["status"] in ("succeeded", "failed", "cancelled"):
-            return r.json()
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {r.json()}")
 
 
 @pytest.fixture(scope="module")

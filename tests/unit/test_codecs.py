@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.codecs.images import check_content_type, decode_image, resize_square
+from serve_app.codecs.image_decode import check_content_type, decode_image, resize_square
 from serve_app.codecs.masks import decode_rle, encode_rle, mask_box_xyxy, mask_to_polygons, upsample_masks
 from serve_app.codecs.overlay import render_overlay
 from serve_app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+import serve_app.config as config_module
 from serve_app.app import build_app, deployment_options
 from serve_app.config import AppConfig, ReplicaConfig
 from tests.conftest import REPO
@@ -39,14 +42,52 @@ def test_build_app_validates_args():
         build_app({"limits": {"max_promts": 3}})
 
 
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """Every pydantic model class in a field annotation: X, X | None, Optional[X], Union[X, Y], list[X],
+    dict[str, X], Annotated[X, ...] (walked through typing.get_args, never through default values)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def config_models() -> set[type[BaseModel]]:
+    """AppConfig and every model reachable from its fields' annotations."""
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [AppConfig]
+    while todo:
+        model = todo.pop()
+        if model not in seen:
+            seen.add(model)
+            todo += [m for field in model.model_fields.values() for m in _models_in(field.annotation)]
+    return seen
+
+
+def test_models_in_sees_through_optional_union_and_containers():
+    class Leaf(BaseModel):
+        x: int = 0
+
+    class Other(BaseModel):
+        y: int = 0
+
+    for annotation in (Leaf, Leaf | None, typing.Optional[Leaf], list[Leaf], dict[str, Leaf],
+                       typing.Annotated[Leaf | None, "meta"]):
+        assert _models_in(annotation) == [Leaf], annotation
+    assert _models_in(typing.Union[Leaf, Other, None]) == [Leaf, Other]
+    assert _models_in(int | None) == [] and _models_in(typing.Literal["a", "b"]) == []
+
+
 def test_every_field_is_described():
-    def walk(model):
-        for name, field in model.model_fields.items():
-            assert field.description, f"{model.__name__}.{name} has no description"
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, AppConfig.__mro__[1]):
-                walk(ann)
-    walk(AppConfig)
+    models = config_models()
+    undescribed = [f"{m.__name__}.{name}" for m in models for name, field in m.model_fields.items()
+                   if not (field.description or "").strip()]
+    assert not undescribed, f"config fields without a description: {sorted(undescribed)}"
+    # Every config model in serve_app.config is reached, including those behind Optional[...] (autoscaling).
+    defined = {v for v in vars(config_module).values() if isinstance(v, type) and issubclass(v, BaseModel)
+               and v.__module__ == config_module.__name__ and v.model_fields}
+    assert defined <= models, f"not reachable from AppConfig's annotations: {sorted(m.__name__ for m in defined - models)}"
+    autoscaling = ReplicaConfig.model_fields["autoscaling"]
+    behind_optional = _models_in(autoscaling.annotation)
+    assert autoscaling.default is None and behind_optional and set(behind_optional) <= models
 
 
 def test_deployment_options_fixed_and_autoscaled():

@@ -16,7 +16,7 @@ from serve_app.errors import Sam3Error, Unavailable
 from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
 from serve_app.model.concept import ConceptRunner
-from serve_app.pipelines.remote import translate_remote_error as to_sam3_error
+from serve_app.pipelines.remote import translate_handle_error as to_sam3_error
 from tests.bad_inputs import BAD_REQUESTS, send
 from tests.helpers import png_bytes
 
@@ -32,9 +32,16 @@ class _Method:
 
 
 class InProcessHandle:
+    """The ConceptSegmenter's two methods, in-process (raise_if_error: the deployment's error protocol)."""
+
     def __init__(self, runner):
+        from serve_app.deployments.base import raise_if_error
+
         self.info = _Method(lambda: runner.info)
-        self.segment = _Method(lambda r: runner.run([r])[0])
+        self.segment = _Method(lambda r: raise_if_error(runner.segment_batch([r])[0]))
+
+    def options(self, **_):
+        return self
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def client(tiny_model_dir, tmp_path_factory):
                                     "storage": {"uri": f"file://{tmp_path_factory.mktemp('store')}"}})
     handle = InProcessHandle(ConceptRunner.from_config(cfg.model))
     app = create_app()
-    app.state.ctx = IngressContext.create(cfg, handle)
+    app.state.ctx = IngressContext.create(cfg, handle, click=None, job_worker=None, sessions=None)
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -92,4 +99,74 @@ def test_openapi_documents_both_body_types(client):
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/v1/pcs/image"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
-    assert json.dumps(spec)  # serialisable
+    for media_type in ("application/json", "multipart/form-data"):  # both describe the image field
+        assert "image" in content[media_type]["schema"]["properties"], media_type
+
+
+def test_openapi_error_responses_are_the_error_body_with_a_request_id(client):
+    """Every documented 4xx/5xx is {"error": {code, message, request_id}} (what the handlers send), and the
+    spec itself gets a generated x-request-id like every response (standalone, no Serve proxy)."""
+    r = client.get("/openapi.json")
+    assert r.status_code == 200 and r.headers["x-request-id"]
+    spec = r.json()
+    schemas = spec["components"]["schemas"]
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    assert schemas["ErrorBody"]["required"] == ["error"]
+    assert schemas["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert set(schemas["ErrorDetail"]["required"]) == {"code", "message", "request_id"}
+    documented, wrong = 0, []
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            for status, response in op["responses"].items():
+                if int(status) >= 400:
+                    documented += 1
+                    schema = response.get("content", {}).get("application/json", {}).get("schema")
+                    if schema != error_ref:
+                        wrong.append(f"{method.upper()} {path} {status}: {json.dumps(schema)}")
+    assert documented and not wrong, "error responses not documented as ErrorBody:\n" + "\n".join(wrong)
+
+
+def _app_raising(exc: BaseException, retry_after_s: int = 7) -> TestClient:
+    """The real error handling on a one-route app whose route raises `exc`; config Retry-After = 7."""
+    from types import SimpleNamespace
+
+    app = create_app()
+    app.state.ctx = SimpleNamespace(config=AppConfig.model_validate({"ingress": {"retry_after_s": retry_after_s}}))
+
+    @app.get("/boom")
+    async def boom():
+        raise exc
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_bugs_are_500_with_the_message_hidden(caplog):
+    from serve_app.errors import Sam3Error
+
+    class Internal(Sam3Error):
+        status_code = 500
+        code = "storage_bug"
+
+    for exc in (KeyError("secret detail"), Internal("secret detail")):
+        r = _app_raising(exc).get("/boom", headers={"x-request-id": "rid-500"})
+        assert r.status_code == 500, r.text
+        assert r.json()["error"] == {"code": "internal_error", "request_id": "rid-500",
+                                     "message": "internal error; quote the request id when reporting it"}
+        assert "secret detail" not in r.text
+    assert any(rec.exc_info for rec in caplog.records if "rid-500" in rec.getMessage())  # stack logged
+
+
+def test_retry_after_comes_from_config_unless_the_error_has_its_own():
+    from serve_app.errors import Overloaded
+
+    r = _app_raising(Unavailable("model replicas are unavailable", "model_unavailable")).get("/boom")
+    assert (r.status_code, r.headers["Retry-After"]) == (503, "7")
+    r = _app_raising(Overloaded("busy")).get("/boom")
+    assert (r.status_code, r.headers["Retry-After"]) == (429, "7")
+    r = _app_raising(Unavailable("s3 down", "storage_unavailable", retry_after_s=3)).get("/boom")
+    assert (r.status_code, r.headers["Retry-After"]) == (503, "3")
+
+
+def test_a_stray_timeout_outside_a_model_call_is_a_bug_not_a_504():
+    r = _app_raising(TimeoutError("socket")).get("/boom")
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"

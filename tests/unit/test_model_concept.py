@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.codecs.images import resize_square
-from serve_app.config import ModelConfig
+from serve_app.codecs.image_decode import resize_square
+from serve_app.config import ConceptConfig, ModelConfig
+from serve_app.errors import InvalidInput
 from serve_app.model.concept import ConceptRunner
-from serve_app.model.types import ConceptPrompt, ConceptRequest
+from serve_app.model.types import ConceptPrompt, ConceptRequest, ConceptResponse
 from tests.helpers import rgb_image
 
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir):
-    return ConceptRunner.from_config(ModelConfig(model_id=tiny_model_dir), max_pairs_per_forward=3)
+    return ConceptRunner.from_config(ModelConfig(model_id=tiny_model_dir), ConceptConfig(max_pairs_per_forward=3))
 
 
 def make_request(seed=0, prompts=("car", "dog"), w=130, h=90, threshold=0.0, max_instances=100):
@@ -46,7 +47,7 @@ def test_matches_transformers_reference_path(runner, tiny_model_dir):
     with torch.inference_mode():
         ref = runner.model(pixel_values=pixels, **inputs)
     ref_post = proc.post_process_instance_segmentation(ref, threshold=0.0, mask_threshold=0.5, target_sizes=[(90, 130)])[0]
-    ours = runner.run([req])[0].results[0]
+    ours = runner.segment_batch([req])[0].results[0]
     order = ref_post["scores"].argsort(descending=True)
     np.testing.assert_allclose(ours.scores, ref_post["scores"][order].numpy(), atol=1e-5)
     np.testing.assert_allclose(ours.boxes_xyxy, ref_post["boxes"][order].clamp(min=0).numpy().clip(max=[130, 90, 130, 90]), atol=1e-3)
@@ -54,23 +55,23 @@ def test_matches_transformers_reference_path(runner, tiny_model_dir):
 
 
 def test_outputs_are_sorted_thresholded_and_capped(runner):
-    res = runner.run([make_request(threshold=0.0, max_instances=5)])[0].results
+    res = runner.segment_batch([make_request(threshold=0.0, max_instances=5)])[0].results
     for inst in res:
         assert len(inst.scores) == 5
         assert np.all(np.diff(inst.scores) <= 0)
         assert inst.boxes_xyxy.shape == (5, 4)
         assert np.all(inst.boxes_xyxy[:, [0, 2]] <= 130) and np.all(inst.boxes_xyxy[:, [1, 3]] <= 90)
         assert np.all(inst.boxes_xyxy >= 0)
-    res = runner.run([make_request(threshold=0.999)])[0].results
+    res = runner.segment_batch([make_request(threshold=0.999)])[0].results
     assert all(len(i.scores) == 0 and i.mask_probs.shape == (0, 32, 32) for i in res)
 
 
 def test_batched_equals_unbatched_and_encodes_each_image_once(runner):
     reqs = [make_request(0, ("car", "dog")), make_request(1, ("cat", box_prompt())), make_request(2, (box_prompt("dog"),))]
-    single = [runner.run([r])[0] for r in reqs]
-    before = runner.stats.as_dict()
-    batched = runner.run(reqs)
-    after = runner.stats.as_dict()
+    single = [runner.segment_batch([r])[0] for r in reqs]
+    before = runner.counters.snapshot()
+    batched = runner.segment_batch(reqs)
+    after = runner.counters.snapshot()
     assert after["vision_calls"] - before["vision_calls"] == 1  # one vision pass for 3 images
     # 5 pairs: 3 text-only (chunks of 3 -> 1 call) + 2 with boxes (1 call)
     assert after["detector_calls"] - before["detector_calls"] == 2
@@ -83,30 +84,36 @@ def test_batched_equals_unbatched_and_encodes_each_image_once(runner):
 
 
 def test_deterministic(runner):
-    a = runner.run([make_request(3)])[0].results[0]
-    b = runner.run([make_request(3)])[0].results[0]
+    a = runner.segment_batch([make_request(3)])[0].results[0]
+    b = runner.segment_batch([make_request(3)])[0].results[0]
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.mask_probs, b.mask_probs)
 
 
 def test_text_embeddings_are_cached(runner):
-    runner.run([make_request(prompts=("bicycle",))])
-    calls = runner.stats.text_calls
+    runner.segment_batch([make_request(prompts=("bicycle",))])
+    calls = runner.counters.text_calls
     hits = runner.text_cache.hits
-    runner.run([make_request(4, prompts=("bicycle",))])
-    assert runner.stats.text_calls == calls  # no new text-encoder call
+    runner.segment_batch([make_request(4, prompts=("bicycle",))])
+    assert runner.counters.text_calls == calls  # no new text-encoder call
     assert runner.text_cache.hits == hits + 1
 
 
 def test_box_prompts_change_the_result(runner):
-    plain = runner.run([make_request(prompts=("dog",))])[0].results[0]
-    boxed = runner.run([make_request(prompts=(box_prompt("dog"),))])[0].results[0]
+    plain = runner.segment_batch([make_request(prompts=("dog",))])[0].results[0]
+    boxed = runner.segment_batch([make_request(prompts=(box_prompt("dog"),))])[0].results[0]
     assert not np.allclose(plain.scores[:5], boxed.scores[:5])
 
 
-def test_rejects_wrongly_sized_pixels(runner):
+def test_wrongly_sized_pixels_fail_only_their_own_request(runner):
+    """The batch protocol: a bad request gets its InvalidInput as its answer; its neighbours still run."""
     bad = ConceptRequest(np.zeros((50, 50, 3), np.uint8), (50, 50), (ConceptPrompt("a"),))
-    with pytest.raises(ValueError, match="pixels must be uint8"):
-        runner.run([bad])
+    good = make_request(5, ("dog",))
+    answer_bad, answer_good = runner.segment_batch([bad, good])
+    assert isinstance(answer_bad, InvalidInput) and answer_bad.code == "invalid_pixels"
+    assert "pixels must be uint8" in answer_bad.message
+    assert isinstance(answer_good, ConceptResponse) and answer_good.batch_size == 1
+    np.testing.assert_allclose(answer_good.results[0].scores, runner.segment_batch([good])[0].results[0].scores,
+                               atol=1e-6)
 
 
 def test_tiny_checkpoint_loads_as_every_sam3_class(tiny_model_dir):

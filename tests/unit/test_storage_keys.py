@@ -23,7 +23,8 @@ def test_layout_matches_design():
     assert keys.job_result_key("acme", "j_1") == "t/acme/jobs/j_1/result.json"
     assert keys.job_overlay_key("acme", "j_1") == "t/acme/jobs/j_1/overlay.png"
     assert keys.active_job_key("acme", "j_1") == "t/acme/jobs-active/j_1"
-    assert keys.session_video_key("default", "s-1") == "t/default/sessions/s-1/video"
+    assert keys.session_masks_key("default", "s-1", 7) == "t/default/sessions/s-1/masks/000007.json"
+    assert keys.video_key("default", "a" * 64) == "t/default/videos/" + "a" * 64
     assert keys.session_journal_key("default", "s-1", 7) == "t/default/sessions/s-1/journal/0000000007"
     assert keys.session_frame_key("default", "s-1", 12) == "t/default/sessions/s-1/frames/12.jpg"
     assert keys.export_key("default", "e1") == "t/default/exports/e1.zip"

@@ -16,22 +16,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from serve_app.errors import Forbidden, InvalidInput, NotFound
+from serve_app.errors import Forbidden, InvalidInput
 from serve_app.ingress.body import read_capped
-from serve_app.storage.local import LocalStore
+from serve_app.ingress.context import IngressContext, get_context
+from serve_app.storage.base import ArtifactStore
 
 router = APIRouter(tags=["blobs"], include_in_schema=False)
 
 
-def get_local_store(request: Request) -> LocalStore:
-    """FastAPI dependency: the replica's store when it is a LocalStore, else 404 (S3 serves its own URLs)."""
-    store = request.app.state.ctx.store
-    if not isinstance(store, LocalStore):
-        raise NotFound("blobs are served by object storage in this deployment", "not_found")
-    return store
+def get_store(ctx: Annotated[IngressContext, Depends(get_context)]) -> ArtifactStore:
+    """FastAPI dependency: the replica's store. Only the file:// backend serves URLs here; the others
+    answer 404 from `verify_presigned` (S3 serves its own URLs)."""
+    return ctx.services.store
 
 
-Store = Annotated[LocalStore, Depends(get_local_store)]
+Store = Annotated[ArtifactStore, Depends(get_store)]
 
 
 @router.get("/v1/blobs/{key:path}")
@@ -46,6 +45,7 @@ async def put_blob(
     key: str,
     request: Request,
     store: Store,
+    ctx: Annotated[IngressContext, Depends(get_context)],
     expires: str = Query(""),
     sig: str = Query(""),
     content_length: int | None = Query(None, ge=0),
@@ -54,7 +54,8 @@ async def put_blob(
     store.verify_presigned("PUT", key, expires, sig, content_type=content_type, content_length=content_length)
     if content_length is not None and request.headers.get("content-length") != str(content_length):
         raise Forbidden("Content-Length differs from the one the URL was signed for", "invalid_signature")
-    data = await read_capped(request, store.max_upload_bytes if content_length is None else content_length)
+    max_bytes = ctx.services.config.storage.max_upload_bytes if content_length is None else content_length
+    data = await read_capped(request, max_bytes)
     if content_length is not None and len(data) != content_length:
         raise InvalidInput(f"body is {len(data)} bytes, the URL was signed for {content_length}", "length_mismatch")
     etag = await asyncio.to_thread(store.put, key, data, content_type)

@@ -7,9 +7,11 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serve_app.ingress.errors import configured_retry_after_s
+
 router = APIRouter(tags=["health"])
 
-MODEL_DEPLOYMENTS = ("ConceptSegmenter", "PromptSegmenter")
+MODEL_DEPLOYMENTS = ("ConceptSegmenter", "ClickSegmenter")
 
 
 @router.get("/healthz", summary="Liveness: the ingress process answers")
@@ -21,13 +23,14 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> JSONResponse:
     state, details = await asyncio.to_thread(_model_state)
     status = 200 if state == "ready" else 503
-    headers = {} if status == 200 else {"Retry-After": str(request.app.state.ctx.config.ingress.retry_after_s)}
+    headers = {} if status == 200 else {"Retry-After": str(configured_retry_after_s(request))}
     return JSONResponse({"state": state, "deployments": details}, status_code=status, headers=headers)
 
 
 def _model_state() -> tuple[str, dict]:
     """ready | warming_up | scaled_to_zero | failed, from Serve's own deployment status."""
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     app_name = serve.get_replica_context().app_name
     app = serve.status().applications.get(app_name)
@@ -40,7 +43,7 @@ def _model_state() -> tuple[str, dict]:
             details[name] = {"status": "MISSING", "running_replicas": 0}
             states.append("warming_up")
             continue
-        running = int(dep.replica_states.get("RUNNING", 0))
+        running = int(dep.replica_states.get(ReplicaState.RUNNING, 0))
         details[name] = {"status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
                          "running_replicas": running, "message": dep.message or ""}
         if details[name]["status"] in ("UNHEALTHY", "DEPLOY_FAILED"):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from serve_app.errors import Overloaded, Timeout, Unavailable
-from serve_app.ingress.body import content_kind, parse_json_body, parse_model, read_capped, read_form_file
+from serve_app.ingress.body import content_kind, form_bool, image_body_limit, read_form_file, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.errors import request_id_of
 from serve_app.ingress.openapi import inline_schema
+from serve_app.pipelines.timings import round_ms
 from serve_app.schemas import ErrorBody, ImageUploadRequest, ImageUploadResponse
 
 router = APIRouter(tags=["images"])
@@ -26,7 +27,6 @@ _FORM_SCHEMA = {
         "precompute": {"type": "boolean"},
     },
 }
-_TRUE = ("1", "true", "yes", "on")
 
 
 @router.post(
@@ -46,35 +46,34 @@ async def upload_image(
     request: Request,
     ctx: Annotated[IngressContext, Depends(get_context)],
     precompute: Annotated[bool | None, Query(description="Compute the embedding now (default: config).")] = None,
-) -> Any:
+) -> ImageUploadResponse:
     t0 = time.perf_counter()
+    images = ctx.services.images
     max_bytes = ctx.config.limits.max_image_bytes
     if content_kind(request) == "json":
-        body = parse_model(ImageUploadRequest, parse_json_body(await read_capped(request, (max_bytes * 4) // 3 + 4096)))
-        data = await ctx.images.load(body.image)
+        body = await read_json_model(request, ImageUploadRequest, image_body_limit(ctx.config.limits, 4096))
+        data = await images.load(body.image)
         field_precompute = body.precompute
     else:
         data, field_precompute = await _parse_multipart(request, max_bytes)
-    image = await ctx.images.store(data)
+    image = await images.save(data)
     t1 = time.perf_counter()
-    want = next((v for v in (precompute, field_precompute) if v is not None), ctx.config.prompt.precompute_on_upload)
+    want = next((v for v in (precompute, field_precompute) if v is not None), ctx.config.click.precompute_on_upload)
     done = False
     if want:
         try:
-            await ctx.prompts.precompute(image)
+            await ctx.click.precompute(image)
             done = True
         except (Overloaded, Unavailable, Timeout) as exc:  # the image is stored: the first click will encode it
             log.warning("upload %s stored without precompute: %s %s", image.sha256, exc.code, exc.message)
     t2 = time.perf_counter()
-    return {"request_id": request_id_of(request), "image_id": image.sha256, "width": image.width,
-            "height": image.height, "precomputed": done,
-            "timings_ms": {"store_ms": round((t1 - t0) * 1e3, 3), "embed_ms": round((t2 - t1) * 1e3, 3),
-                           "total_ms": round((t2 - t0) * 1e3, 3)}}
+    timings = {"store_ms": (t1 - t0) * 1e3, "embed_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}
+    return ImageUploadResponse(request_id=request_id_of(request), image_id=image.sha256, width=image.width,
+                               height=image.height, precomputed=done, timings_ms=round_ms(timings))
 
 
 async def _parse_multipart(request: Request, max_bytes: int) -> tuple[bytes, bool | None]:
     """multipart/form-data: one file in `file` or `image`, optional `precompute`."""
     data, form = await read_form_file(request, ("file", "image"), max_file_bytes=max_bytes,
                                       body_limit=max_bytes + 64 * 1024, max_fields=8)
-    raw = form.get("precompute")
-    return data, (None if raw in (None, "") else str(raw).lower() in _TRUE)
+    return data, form_bool(form.get("precompute"))

@@ -13,11 +13,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.ingress.body import parse_json_body, parse_model, read_capped
+from serve_app.ingress.body import image_body_limit, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.openapi import json_request_body
 from serve_app.jobs.records import JobRecord
-from serve_app.pipelines.remote import call_remote
+from serve_app.pipelines.remote import ModelClient
 from serve_app.pipelines.results import ResultPublisher, expiry_iso
 from serve_app.schemas import ErrorBody, JobList, JobRequest, JobView
 from serve_app.storage import keys
@@ -33,9 +33,9 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_view(record: JobRecord, results: ResultPublisher | None = None) -> dict:
+def job_view(record: JobRecord, results: ResultPublisher | None = None) -> JobView:
     """A JobRecord as clients see it; with `results`, a succeeded job's outputs as presigned URLs."""
-    view = {
+    view: dict[str, object] = {
         "job_id": record.job_id, "kind": record.kind, "status": record.status,
         "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
         "started_at": _iso(record.started_at), "finished_at": _iso(record.finished_at),
@@ -47,15 +47,13 @@ def job_view(record: JobRecord, results: ResultPublisher | None = None) -> dict:
         if record.overlay_key:
             view["overlay_url"] = results.presign(record.overlay_key)
         view["urls_expire_at"] = expiry_iso(results.expiry_s)
-    return {k: v for k, v in view.items() if v is not None}
+    return JobView.model_validate(view)
 
 
 async def _dispatch(ctx: IngressContext, job_id: str) -> None:
     """Best effort: a job that is not dispatched now is run by recovery later."""
-    if ctx.job_worker is None:
-        return
     try:
-        await call_remote(ctx.job_worker.start_job.remote(job_id), _DISPATCH_TIMEOUT_S)
+        await ModelClient(ctx.job_worker, _DISPATCH_TIMEOUT_S).call("start_job", job_id)
     except Exception as exc:  # the job is stored: a failed hand-off must not fail the submit
         log.warning("job %s not dispatched (%r); recovery will run it", job_id, exc)
 
@@ -75,19 +73,19 @@ async def submit_job(
     request: Request, ctx: Ctx,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
-    limit = (ctx.config.limits.max_image_bytes * 4) // 3 + 1024 * 1024  # an inline base64 image + options
-    body = parse_model(JobRequest, parse_json_body(await read_capped(request, limit)))
-    record = await asyncio.to_thread(ctx.jobs.submit, body.kind, body.input, idempotency_key)
+    body = await read_json_model(request, JobRequest, image_body_limit(ctx.config.limits))
+    record = await asyncio.to_thread(ctx.services.jobs.submit, body.kind, body.input, idempotency_key)
     if record.status == "queued":
         await _dispatch(ctx, record.job_id)
-    return JSONResponse(job_view(record), status_code=202, headers={"Location": f"/v1/jobs/{record.job_id}"})
+    return JSONResponse(job_view(record).model_dump(mode="json", exclude_none=True), status_code=202,
+                        headers={"Location": f"/v1/jobs/{record.job_id}"})
 
 
 @router.get(
     "/v1/jobs",
     response_model=JobList,
     response_model_exclude_none=True,
-    responses={code: {"model": ErrorBody} for code in (400, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 422, 503)},
     summary="Recent jobs, newest first",
 )
 async def list_jobs(
@@ -95,32 +93,32 @@ async def list_jobs(
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> dict:
+) -> JobList:
     if cursor is not None:
         keys.validate_id(cursor, "cursor")
-    records, next_cursor = await asyncio.to_thread(ctx.jobs.list, status, limit, cursor)
-    return {"jobs": [job_view(r) for r in records], "next_cursor": next_cursor}
+    records, next_cursor = await asyncio.to_thread(ctx.services.jobs.list, status, limit, cursor)
+    return JobList(jobs=[job_view(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobView,
     response_model_exclude_none=True,
-    responses={code: {"model": ErrorBody} for code in (400, 404, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 404, 422, 503)},
     summary="A job's status; result and overlay as presigned URLs once it succeeded",
 )
-async def get_job(job_id: str, ctx: Ctx) -> dict:
-    record = await asyncio.to_thread(ctx.jobs.get, keys.validate_id(job_id, "job_id"))
-    return await asyncio.to_thread(job_view, record, ctx.results)
+async def get_job(job_id: str, ctx: Ctx) -> JobView:
+    record = await asyncio.to_thread(ctx.services.jobs.get, keys.validate_id(job_id, "job_id"))
+    return await asyncio.to_thread(job_view, record, ctx.services.results)
 
 
 @router.delete(
     "/v1/jobs/{job_id}",
     response_model=JobView,
     response_model_exclude_none=True,
-    responses={code: {"model": ErrorBody} for code in (400, 404, 409, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)},
     summary="Cancel a queued job (409 once it runs or finished)",
 )
-async def cancel_job(job_id: str, ctx: Ctx) -> dict:
-    record = await asyncio.to_thread(ctx.jobs.cancel, keys.validate_id(job_id, "job_id"))
+async def cancel_job(job_id: str, ctx: Ctx) -> JobView:
+    record = await asyncio.to_thread(ctx.services.jobs.cancel, keys.validate_id(job_id, "job_id"))
     return job_view(record)

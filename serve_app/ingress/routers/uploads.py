@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from serve_app.codecs.images import SUPPORTED_CONTENT_TYPES
+from serve_app.codecs.image_decode import SUPPORTED_CONTENT_TYPES
 from serve_app.errors import PayloadTooLarge, UnsupportedMediaType
-from serve_app.ingress.body import parse_json_body, parse_model, read_capped
+from serve_app.ingress.body import read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.openapi import json_request_body
 from serve_app.schemas import ErrorBody, UploadRequest, UploadResponse
@@ -34,8 +34,8 @@ UPLOAD_CONTENT_TYPES = (SUPPORTED_CONTENT_TYPES - {"application/octet-stream"}) 
     "Content-Type or size), then pass {\"upload_id\": ...} as the image of any request. The file is "
     "checked (type, size, decodable) when first used.",
 )
-async def create_upload(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> dict:
-    body = parse_model(UploadRequest, parse_json_body(await read_capped(request, 64 * 1024)))
+async def create_upload(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> UploadResponse:
+    body = await read_json_model(request, UploadRequest, 64 * 1024)
     content_type = body.content_type.split(";")[0].strip().lower()
     if content_type not in UPLOAD_CONTENT_TYPES:
         raise UnsupportedMediaType(f"uploads may be {', '.join(sorted(UPLOAD_CONTENT_TYPES))}; got {content_type!r}",
@@ -46,8 +46,8 @@ async def create_upload(request: Request, ctx: Annotated[IngressContext, Depends
                               "upload_too_large")
     upload_id = keys.new_id()
     presigned = await asyncio.to_thread(
-        ctx.store.presign_put, keys.upload_key(ctx.images.tenant, upload_id), content_type,
+        ctx.services.store.presign_put, keys.upload_key(ctx.services.images.tenant, upload_id), content_type,
         ctx.config.storage.presign_expiry_s, body.content_length,
     )
-    return {"upload_id": upload_id, "url": presigned.url, "method": presigned.method, "headers": presigned.headers,
-            "expires_at": presigned.expires_at.isoformat(timespec="seconds"), "max_bytes": limit}
+    return UploadResponse(upload_id=upload_id, url=presigned.url, method=presigned.method, headers=presigned.headers,
+                          expires_at=presigned.expires_at.isoformat(timespec="seconds"), max_bytes=limit)

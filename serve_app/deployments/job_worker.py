@@ -1,0 +1,41 @@
+"""JobWorker: CPU replicas that run jobs (POST /v1/jobs) and recover the ones a dead replica dropped.
+
+Each replica hosts one JobRunner (serve_app.jobs.runner) over the same Services as the ingress, so a
+pcs_image job executes exactly the synchronous pipeline against the ConceptSegmenter deployment. The
+ingress calls `dispatch` right after a submit; the recovery loop of every replica re-runs jobs whose
+lease expired (their replica died) and queued jobs nobody picked up. All job state lives in storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.jobs.runner import JobRunner
+from serve_app.pipelines.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment
+class JobWorker:
+    # Serve awaits an async constructor (the recovery loop needs the replica's event loop); plain Python cannot.
+    async def __init__(self, config: AppConfig, concept: DeploymentHandle) -> None:  # type: ignore[misc]
+        self.services = Services.create(config, concept)
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (never in production)
+            replica = "local"
+        self.owner_id = f"{replica}-{uuid.uuid4().hex[:8]}"
+        self.runner = JobRunner(self.services.jobs, self.services.jobs.kinds, self.owner_id, config.jobs)
+        self.runner.start()  # the recovery loop, on this replica's event loop
+        log.info("JobWorker %s ready (kinds: %s)", self.owner_id, ", ".join(self.services.jobs.kinds.names()))
+
+    async def start_job(self, job_id: str) -> str:
+        """Start running `job_id` in the background; returns this worker's id at once."""
+        self.runner.dispatch(job_id)
+        return self.owner_id

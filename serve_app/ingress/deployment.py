@@ -1,0 +1,25 @@
+"""Sam3Ingress: the FastAPI front door on CPU replicas. Holds handles to the model deployments."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.ingress.app import create_app
+from serve_app.ingress.context import IngressContext
+
+
+@serve.deployment
+@serve.ingress()
+class Sam3Ingress:
+    def __init__(self, config: AppConfig, concept: DeploymentHandle, click: DeploymentHandle,
+                 job_worker: DeploymentHandle, sessions: DeploymentHandle):
+        self.ctx = IngressContext.create(config, concept, click, job_worker, sessions)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this after __init__ in each replica: the app's routes reach the context via app.state."""
+        app = create_app()
+        app.state.ctx = self.ctx
+        return app

@@ -1,0 +1,120 @@
+"""`ImageLibrary`: every way a request can name an image, resolved to bytes; stored images by sha256.
+
+    lib = ImageLibrary(store, cfg.storage, cfg.limits)
+    image = await lib.save(data)                  # decode (validates), write t/{tenant}/images/{sha256}
+    data = await lib.load(ImageRef(image_id=...))  # base64 | image_id | upload_id | s3://bucket/key
+
+Image ids are the sha256 of the file's bytes, so storing the same file twice writes one object. Uploads
+(POST /v1/uploads, then a presigned PUT) are checked when first used: size and declared content type
+here, decodability by `decode`. An `s3://bucket/key` url is read only from `storage.allowed_url_buckets`
+and only with the S3 backend. Storage I/O runs in worker threads; storage faults surface as Unavailable
+(503 + Retry-After), missing objects as NotFound with a specific code. No torch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+from serve_app.codecs.image_decode import DecodedImage, check_content_type, decode_image
+from serve_app.config import LimitsConfig, StorageConfig
+from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, PreconditionFailed
+from serve_app.schemas import ImageRef
+from serve_app.storage import keys
+from serve_app.storage.base import ArtifactStore
+
+
+def base64_chars(max_bytes: int) -> int:
+    """Most base64 characters that can encode `max_bytes` bytes (padding included)."""
+    return (max_bytes * 4) // 3 + 8
+
+
+def decode_base64_image(text: str, max_bytes: int) -> bytes:
+    """Bytes of a base64 image, refusing (413) text that would decode to more than `max_bytes`."""
+    if len(text) > base64_chars(max_bytes):
+        raise PayloadTooLarge(f"image is over {max_bytes} bytes", "image_too_large")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("image.base64 is not valid base64", "invalid_base64") from exc
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key). Raises InvalidInput for anything else."""
+    if not url.startswith("s3://"):
+        raise InvalidInput("image.url must be s3://bucket/key", "unsupported_url")
+    bucket, _, key = url[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise InvalidInput("image.url must be s3://bucket/key", "unsupported_url")
+    return bucket, key
+
+
+class ImageLibrary:
+    def __init__(self, store: ArtifactStore, storage: StorageConfig, limits: LimitsConfig):
+        self.store = store
+        self.tenant = storage.default_tenant
+        self.allowed_buckets = frozenset(storage.allowed_url_buckets)
+        self.limits = limits
+
+    async def decode(self, data: bytes) -> DecodedImage:
+        """Validate and decode (RGB uint8 (H,W,3), EXIF applied). Raises 413/415/400 types."""
+        return await asyncio.to_thread(
+            decode_image, data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels
+        )
+
+    async def save(self, data: bytes) -> DecodedImage:
+        """Decode `data` (so only images are stored) and keep it at `images/{sha256}`; idempotent."""
+        image = await self.decode(data)
+        key = keys.image_key(self.tenant, image.sha256)
+        try:
+            await asyncio.to_thread(self.store.put, key, data, f"image/{image.format.lower()}",
+                                    if_none_match=True)
+        except PreconditionFailed:
+            pass  # already stored: same sha256, same bytes
+        return image
+
+    async def load(self, ref: ImageRef) -> bytes:
+        """The bytes `ref` names (exactly one of its fields is set)."""
+        if ref.base64 is not None:
+            return decode_base64_image(ref.base64, self.limits.max_image_bytes)
+        if ref.image_id is not None:
+            return await self.load_id(ref.image_id)
+        if ref.upload_id is not None:
+            return await self.load_upload(ref.upload_id)
+        assert ref.url is not None  # ImageRef's validator: exactly one field is set
+        return await self.load_url(ref.url)
+
+    async def load_id(self, image_id: str) -> bytes:
+        """A stored image. Raises InvalidInput (not a sha256) or NotFound (code image_not_found)."""
+        key = keys.image_key(self.tenant, keys.validate_sha256(image_id))
+        try:
+            blob = await asyncio.to_thread(self.store.get, key)
+        except NotFound:
+            raise NotFound(f"no image {image_id}; upload it with POST /v1/images", "image_not_found") from None
+        return blob.data
+
+    async def load_upload(self, upload_id: str) -> bytes:
+        """A presigned-PUT upload, checked now: present, within the image size limit, an image type."""
+        key = keys.upload_key(self.tenant, upload_id)
+        try:
+            info = await asyncio.to_thread(self.store.head, key)
+        except NotFound:
+            raise NotFound(f"no upload {upload_id}: PUT the file to the upload URL first",
+                           "upload_not_found") from None
+        if info.size > self.limits.max_image_bytes:
+            raise PayloadTooLarge(f"upload is {info.size} bytes, image limit {self.limits.max_image_bytes}",
+                                  "image_too_large")
+        check_content_type(info.content_type)
+        return (await asyncio.to_thread(self.store.get, key)).data
+
+    async def load_url(self, url: str) -> bytes:
+        """An `s3://bucket/key` object from an allowed bucket (S3 backend only)."""
+        bucket, key = parse_s3_url(url)
+        if bucket not in self.allowed_buckets:
+            raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
+        try:
+            blob = await asyncio.to_thread(self.store.get_from_bucket, bucket, key, self.limits.max_image_bytes)
+        except NotFound:
+            raise NotFound(f"no object at {url}", "image_not_found") from None
+        return blob.data

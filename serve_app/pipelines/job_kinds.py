@@ -1,0 +1,53 @@
+"""The job kinds this app runs (`POST /v1/jobs {"kind", "input"}`), and the registry that holds them.
+
+- `pcs_image` (the kind name is part of the HTTP API): the body of POST /v1/pcs/image, executed by a
+  JobWorker replica with the same ConceptPipeline as the synchronous route (identical results). The image
+  may be given inline (base64) or by reference (image_id, upload_id, s3 url); references are resolved
+  when the job runs. The result JSON is the ConceptImageResponse without the inline overlay; the overlay
+  (overlay=true) is stored as a PNG beside it.
+
+A new kind (video exports, …) is a class with `name`, `validate(input)` and `async execute(input, ctx)`,
+registered in `job_kinds`.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from serve_app.errors import ValidationFailed, format_validation_errors
+from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput
+from serve_app.pipelines.concept import ConceptPipeline, validate_options
+from serve_app.schemas import ConceptImageRequest
+
+
+def parse_concept_input(input: dict) -> ConceptImageRequest:
+    """The job input as a ConceptImageRequest (422 with the first problem otherwise)."""
+    try:
+        return ConceptImageRequest.model_validate(input)
+    except ValidationError as exc:
+        raise ValidationFailed("input: " + format_validation_errors(exc.errors()), "invalid_job_input") from None
+
+
+class ConceptImageJob:
+    """Concept segmentation of one image as a job."""
+
+    name = "pcs_image"
+
+    def __init__(self, pipeline: ConceptPipeline):
+        self.pipeline = pipeline
+
+    def validate(self, input: dict) -> None:
+        validate_options(parse_concept_input(input), self.pipeline.limits)
+
+    async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
+        request = parse_concept_input(input)
+        data = await self.pipeline.images.load(request.image)
+        response, overlay_png = await self.pipeline.segment(data, request, request_id=ctx.job_id)
+        return JobOutput(response.model_dump_json(exclude_none=True, by_alias=True).encode(), overlay_png)
+
+
+def job_kinds(pipeline: ConceptPipeline) -> JobKindRegistry:
+    """Every kind this app knows; the ingress validates submissions with it, JobWorker executes them."""
+    registry = JobKindRegistry()
+    registry.register(ConceptImageJob(pipeline))
+    return registry

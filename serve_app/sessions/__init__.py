@@ -1,0 +1,1 @@
+"""Video sessions: ingest, journal, checkpoints, session actors."""
