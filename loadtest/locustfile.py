@@ -1,4 +1,5 @@
-"""Locust scenarios for sam3-serve: concept segmentation, click sessions, jobs; plus a step load shape.
+"""Locust scenarios for sam3-serve: concept segmentation, click sessions, jobs, video sessions; plus a step load
+shape.
 
     locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 60s --host http://127.0.0.1:8000 \
         --csv loadtest/results/locust --json-file loadtest/results/locust.json
@@ -9,17 +10,23 @@ Users (weights = share of the simulated population):
 - ClickUser (3): uploads an image once (POST /v1/images), then clicks: a first click, a refinement with the
   returned mask_input, and now and then a multimask click; the interactive annotation loop.
 - JobUser (1): POST /v1/jobs (pcs_image, the image by image_id) and polls until it ends.
-Every response is checked for content (ids, masks, statuses), not only for a 200: a wrong body is a
-failure in Locust's stats. 429 + Retry-After (back-pressure) is counted as its own failure kind.
+- VideoUser (1): a whole video session: creates it from a small synthetic mp4 (made once per process with
+  PyAV), prompts a random frame (a text prompt or clicks on 1-3 objects; 409 session_starting is retried and
+  counted apart), propagates both ways reading the whole NDJSON stream, scrubs a few frames (GET frames/{i})
+  and stored masks, then deletes the session.
+Every response is checked for content (ids, masks, statuses, frame coverage), not only for a 200: a wrong body
+is a failure in Locust's stats. 429 + Retry-After (back-pressure) is counted as its own failure kind.
 
-Environment: SAM3_IMAGE_SIZE (default 640x480), SAM3_STEP_LOAD (use StepLoad: +SAM3_STEP_USERS users every
-SAM3_STEP_SECONDS, up to SAM3_STEP_MAX).
+Environment: SAM3_IMAGE_SIZE (default 640x480), SAM3_VIDEO_SIZE (default 160x120), SAM3_VIDEO_FRAMES (default
+24), SAM3_STEP_LOAD (use StepLoad: +SAM3_STEP_USERS users every SAM3_STEP_SECONDS, up to SAM3_STEP_MAX).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import json
 import os
 import random
 import time
@@ -43,6 +50,36 @@ def synthetic_jpeg(seed: int) -> bytes:
 
 
 IMAGES = [synthetic_jpeg(seed) for seed in range(4)]
+VIDEO_W, VIDEO_H = (int(v) for v in os.environ.get("SAM3_VIDEO_SIZE", "160x120").split("x"))
+VIDEO_FRAMES = int(os.environ.get("SAM3_VIDEO_FRAMES", "24"))
+
+
+@functools.cache
+def synthetic_mp4() -> bytes:
+    """A VIDEO_FRAMES-frame H.264 mp4 of VIDEO_WxVIDEO_H at 12 fps (PyAV), made once per process: a red disc
+    moving right and a blue square moving down on grey."""
+    from fractions import Fraction
+
+    import av
+
+    yy, xx = np.mgrid[:VIDEO_H, :VIDEO_W]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(12))
+        stream.width, stream.height, stream.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for t in range(VIDEO_FRAMES):
+            p = t / max(1, VIDEO_FRAMES - 1)
+            img = np.full((VIDEO_H, VIDEO_W, 3), 128, np.uint8)
+            disc = (xx - (0.1 + 0.7 * p) * VIDEO_W) ** 2 + (yy - 0.35 * VIDEO_H) ** 2 <= (0.15 * VIDEO_H) ** 2
+            img[disc] = (220, 30, 30)
+            y0, side = int((0.05 + 0.6 * p) * VIDEO_H), VIDEO_H // 5
+            img[y0:y0 + side, int(0.6 * VIDEO_W):int(0.6 * VIDEO_W) + side] = (30, 30, 220)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
 IMAGES_B64 = [base64.b64encode(data).decode("ascii") for data in IMAGES]
 
 
@@ -51,7 +88,7 @@ def check(response, condition: bool, what: str) -> bool:
     if response.status_code == 429:
         response.failure("429 overloaded (back-pressure)")
         return False
-    if response.status_code != 200 and response.status_code != 202:
+    if response.status_code not in (200, 201, 202, 204):
         response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
         return False
     if not condition:
@@ -145,6 +182,131 @@ class JobUser(HttpUser):
             if status == "succeeded":
                 return
             time.sleep(self.poll_s)
+
+
+def valid_frame(frame: dict) -> bool:
+    """A frame result: its objects carry an id, a box inside the frame and an RLE mask of the video's size."""
+    return isinstance(frame.get("frame_index"), int) and all(
+        isinstance(o.get("id"), int) and o["mask"]["size"] == [VIDEO_H, VIDEO_W] and o["area"] > 0
+        and 0 <= o["box"][0] <= o["box"][2] <= VIDEO_W and 0 <= o["box"][1] <= o["box"][3] <= VIDEO_H
+        for o in frame.get("objects", []))
+
+
+class VideoUser(HttpUser):
+    """One video session per task, from upload to delete (a person annotating a short clip)."""
+
+    weight = 1
+    wait_time = between(1.0, 3.0)
+    start_timeout_s = 120.0  # how long a prompt may answer 409 session_starting (actor start, model load)
+
+    def on_start(self) -> None:
+        self.sid: str | None = None
+
+    def on_stop(self) -> None:
+        self.delete_session()
+
+    @task
+    def annotate_clip(self) -> None:
+        if not self.create_session():
+            return
+        try:
+            frame = random.randrange(VIDEO_FRAMES)
+            if self.prompt(frame) and self.propagate(frame):
+                self.scrub()
+        finally:
+            self.delete_session()
+
+    def create_session(self) -> bool:
+        files = {"video": ("clip.mp4", synthetic_mp4(), "video/mp4")}
+        with self.client.post("/v1/video/sessions", files=files, name="video create session",
+                              catch_response=True) as r:
+            data = r.json() if r.status_code == 201 else {}
+            if check(r, r.status_code == 201 and data.get("state") == "ready" and data.get("num_frames") == VIDEO_FRAMES
+                     and (data.get("width"), data.get("height")) == (VIDEO_W, VIDEO_H),
+                     f"201, ready, {VIDEO_FRAMES} frames of {VIDEO_W}x{VIDEO_H}"):
+                self.sid = data["session_id"]
+        return self.sid is not None
+
+    def prompt(self, frame: int) -> bool:
+        if random.random() < 0.5:
+            body: dict = {"frame_index": frame, "text": random.choice(TEXTS)}
+            name = "video prompt (text)"
+        else:
+            ids = random.sample(range(1, 100), random.randint(1, 3))
+            body = {"frame_index": frame, "objects": [
+                {"obj_id": i, "points": [[random.uniform(0, VIDEO_W - 1), random.uniform(0, VIDEO_H - 1)]],
+                 "point_labels": [1]} for i in ids]}
+            name = "video prompt (clicks)"
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            with self.client.post(f"/v1/video/sessions/{self.sid}/prompts", json=body, name=name,
+                                  catch_response=True) as r:
+                if r.status_code == 409 and time.monotonic() < deadline:
+                    # the session's actor is starting: expected, reported under its own name, retried
+                    r.request_meta["name"] = "video prompt (session starting)"
+                    error = r.json().get("error", {})
+                    if error.get("code") == "session_starting" and r.headers.get("Retry-After"):
+                        r.success()
+                        time.sleep(0.5)
+                        continue
+                    r.failure(f"409 without session_starting + Retry-After: {r.text[:200]}")
+                    return False
+                data = r.json() if r.status_code == 200 else {}
+                ok = data.get("frame_index") == frame and valid_frame(data)
+                if "objects" in body:
+                    ok = ok and data.get("prompted_obj_ids") == [o["obj_id"] for o in body["objects"]]
+                return check(r, ok, f"frame {frame} with valid objects (and the prompted ids)")
+
+    def propagate(self, frame: int) -> bool:
+        """Both ways from `frame`: the whole NDJSON stream is read; every frame exactly once, then done. Reported
+        with the time to the last line (and the first frame as its own entry)."""
+        t0 = time.perf_counter()
+        with self.client.post(f"/v1/video/sessions/{self.sid}/propagate", name="video propagate", stream=True,
+                              json={"direction": "both", "start_frame_index": frame}, catch_response=True) as r:
+            if r.status_code != 200:
+                return check(r, False, "200 + NDJSON")
+            seen, end, size, first_ms = [], None, 0, None
+            for line in r.iter_lines():
+                size += len(line) + 1
+                msg = json.loads(line) if line else None
+                if msg is None:
+                    continue
+                if msg.get("type") == "frame" and valid_frame(msg):
+                    seen.append(msg["frame_index"])
+                    first_ms = first_ms if first_ms is not None else (time.perf_counter() - t0) * 1e3
+                else:
+                    end = msg
+                    break
+            r.request_meta["response_time"] = (time.perf_counter() - t0) * 1e3
+            r.request_meta["response_length"] = size
+            if first_ms is not None:
+                self.environment.events.request.fire(
+                    request_type="NDJSON", name="video propagate (first frame)", response_time=first_ms,
+                    response_length=0, exception=None, context={})
+            ok = sorted(seen) == list(range(VIDEO_FRAMES)) and end is not None and end.get("type") == "done" \
+                and end.get("progress") == {"done": VIDEO_FRAMES, "total": VIDEO_FRAMES}
+            return check(r, ok, f"frames {sorted(seen)[:5]}... ({len(seen)}/{VIDEO_FRAMES}) then done, got {end}")
+
+    def scrub(self) -> None:
+        for i in random.sample(range(VIDEO_FRAMES), 3):
+            with self.client.get(f"/v1/video/sessions/{self.sid}/frames/{i}", name="video frame",
+                                 catch_response=True) as r:
+                check(r, r.headers.get("content-type") == "image/jpeg" and r.content[:2] == b"\xff\xd8", "a JPEG")
+        start = random.randrange(VIDEO_FRAMES)
+        end = min(VIDEO_FRAMES - 1, start + 7)
+        with self.client.get(f"/v1/video/sessions/{self.sid}/masks", params={"frame_start": start, "frame_end": end},
+                             name="video masks", catch_response=True) as r:
+            data = r.json() if r.status_code == 200 else {}
+            frames = data.get("frames", [])
+            check(r, [f["frame_index"] for f in frames] == list(range(start, end + 1)) and data.get("missing") == []
+                  and all(valid_frame(f) for f in frames), f"stored frames {start}..{end}, none missing")
+
+    def delete_session(self) -> None:
+        if self.sid is None:
+            return
+        sid, self.sid = self.sid, None
+        with self.client.delete(f"/v1/video/sessions/{sid}", name="video delete session", catch_response=True) as r:
+            check(r, r.status_code == 204, "204")
 
 
 class StepLoad(LoadTestShape):

@@ -1,7 +1,7 @@
 """Error types shared by every layer. Each carries its HTTP status and a stable machine-readable code.
 
 They are raised anywhere (model layer, deployments, ingress) and mapped to HTTP in exactly one place,
-`serve_app.ingress.errors`. They must survive the Ray boundary: Ray re-raises a replica's exception
+`serve_app.ingress.error_handling`. They must survive the Ray boundary: Ray re-raises a replica's exception
 in the caller as a RayTaskError that is also an instance of the original class, which needs the
 exception to be picklable from its constructor args, hence `__reduce__`.
 

@@ -121,9 +121,9 @@ class SessionManager:
             return r
         record = await asyncio.to_thread(self.records.mutate, session_id, fn)
         try:
-            await self._owner(record)
-        except (SessionStarting, Overloaded):
-            pass  # the first prompt waits for it
+            await self._owner(record, wait=False)  # the attach runs in the background
+        except Overloaded:
+            pass  # the first prompt answers too_many_sessions if there is still no room
         return record
 
     async def objects_changed(self, session_id: str, *, removed: int | None = None, reset: bool = False) -> None:
@@ -146,9 +146,10 @@ class SessionManager:
     async def delete(self, session_id: str) -> None:
         """Stop its actor (if any) and delete the session with every artifact. Idempotent."""
         await asyncio.to_thread(self._get_live, session_id)
-        owner = self.owners.pop(session_id, None)
+        async with self._lock:
+            owner = self.owners.pop(session_id, None)
         if owner is not None:
-            ray.kill(owner.handle)
+            await self._free(owner, checkpoint=False)
         await asyncio.to_thread(self.records.delete_all, session_id)
 
     # ------------------------------------------------------------------ owners
@@ -181,14 +182,7 @@ class SessionManager:
             owner = self.owners.pop(session_id, None)
         if owner is None:
             return False
-        try:
-            if owner.attach.done() and not owner.attach.exception():
-                await owner.handle.detach.remote(True)
-                self._release(owner.name, owner.handle)
-            else:
-                ray.kill(owner.handle)
-        except ray.exceptions.RayActorError:
-            pass
+        await self._free(owner, checkpoint=True)
 
         def fn(r: SessionRecord) -> SessionRecord:
             r.state, r.actor = "parked", ActorRef(generation=r.actor.generation)
@@ -200,7 +194,19 @@ class SessionManager:
         """Warm actors and live owners of this replica (tests, benchmarks)."""
         return {"pool": [n for n, _ in self.pool], "owners": {s: (o.name, o.generation) for s, o in self.owners.items()}}
 
-    async def _owner(self, record: SessionRecord) -> _Owner:
+    async def _free(self, owner: _Owner, *, checkpoint: bool) -> None:
+        """Detach the owner's session (checkpoint first if asked) and return the actor to the warm pool (its
+        model stays loaded); an actor that never attached, or fails to detach, is killed."""
+        try:
+            if owner.attach.done() and not owner.attach.cancelled() and owner.attach.exception() is None:
+                await owner.handle.detach.remote(checkpoint)
+                self._release(owner.name, owner.handle)
+                return
+        except ray.exceptions.RayActorError:
+            return  # already dead
+        ray.kill(owner.handle)
+
+    async def _owner(self, record: SessionRecord, *, wait: bool = True) -> _Owner:
         sid = record.session_id
         async with self._lock:
             owner = self.owners.get(sid)
@@ -210,6 +216,8 @@ class SessionManager:
                                      "too_many_sessions")
                 owner = await self._build(record)
                 self.owners[sid] = owner
+        if not wait:
+            return owner
         try:
             await asyncio.wait_for(asyncio.shield(owner.attach), self.video.start_timeout_s)
         except asyncio.TimeoutError:

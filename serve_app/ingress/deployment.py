@@ -7,8 +7,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
+from serve_app.ingress.fastapi_app import create_app
 
 
 @serve.deployment

@@ -4,7 +4,7 @@ handle call turned into our typed errors at the call site.
 Serve installs its own FastAPI handlers for BackPressureError / DeploymentUnavailableError (plain-text
 503s), so they must be translated before they reach FastAPI. Only handle calls go through this
 translation: any other exception that reaches the error handler is a bug (500). Status codes live on the
-error classes; serve_app.ingress.errors turns them into responses (and adds the configured Retry-After).
+error classes; serve_app.ingress.error_handling turns them into responses (and adds the configured Retry-After).
 """
 
 from __future__ import annotations

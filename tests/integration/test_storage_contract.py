@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.config import AppConfig, StorageConfig
 from serve_app.errors import Forbidden, InvalidInput, NotFound, PreconditionFailed, Unavailable
-from serve_app.ingress.errors import install_error_handling
+from serve_app.ingress.error_handling import install_error_handling
 from serve_app.ingress.routers import blobs
 from serve_app.storage import ArtifactStore, open_store
 from serve_app.storage import local as local_backend

@@ -168,6 +168,11 @@ def test_text_prompt_then_propagate_both_covers_every_frame_once(client, video_f
     stored = client.get(f"/v1/video/sessions/{sid}/masks", params={"frame_start": 0}).json()
     assert stored["missing"] == [] and [f["frame_index"] for f in stored["frames"]] == list(range(N_FRAMES))
     assert masks_by_frame(stored["frames"]) == masks_by_frame(frames)  # playback = what was streamed
+    # a click on a text-detected object refines that object (same id)
+    target = min(ids)
+    refined = prompt(client, sid, {"frame_index": 9, "objects": [{"obj_id": target, "points": [[10, 10]],
+                                                                   "point_labels": [0]}]})
+    assert refined["prompted_obj_ids"] == [target] and {o["id"] for o in refined["objects"]} <= ids
     client.delete(f"/v1/video/sessions/{sid}")
 
 
@@ -177,6 +182,8 @@ def test_clicks_refinement_survives_repropagation_remove_and_reset(client, video
         {"obj_id": 1, "points": [[20, 20]], "point_labels": [1]},
         {"obj_id": 2, "box": [40, 4, 60, 20]}]})
     assert out["prompted_obj_ids"] == [1, 2] and {o["id"] for o in out["objects"]} == {1, 2}
+    by_mask = prompt(client, sid, {"frame_index": 0, "objects": [{"obj_id": 3, "mask": out["objects"][0]["mask"]}]})
+    assert by_mask["prompted_obj_ids"] == [3] and 3 in {o["id"] for o in by_mask["objects"]}
     propagate(client, sid, direction="forward", start_frame_index=0)
     refined = prompt(client, sid, {"frame_index": 8, "objects": [{"obj_id": 1, "points": [[30, 24], [5, 5]],
                                                                     "point_labels": [1, 0]}]})
@@ -314,6 +321,7 @@ def test_parked_session_is_revived_by_its_next_request(client, video_file, manag
     (lambda v: {"json": {"video": {"url": "s3://not-allowed/x.mp4"}}}, 400, "url_not_allowed"),
     (lambda v: {"json": {"video": {}}}, 422, "validation_error"),
     (lambda v: {"files": {"file": ("v.mp4", v, "video/mp4")}}, 400, "missing_video"),
+    (lambda v: {"files": {"video": ("v.mp4", v + b"\x00" * 2_000_000, "video/mp4")}}, 413, "video_too_large"),
 ])
 def test_bad_session_creation(client, video_file, make_body, status, code):
     r = client.post("/v1/video/sessions", **make_body(video_file), headers={"x-request-id": "bad-create"})

@@ -19,7 +19,7 @@ from serve_app.schemas import AutoOptions, ClickOptions
 
 
 def test_openapi_documents_the_routes_with_self_contained_bodies():
-    from serve_app.ingress.app import create_app
+    from serve_app.ingress.fastapi_app import create_app
 
     spec = create_app().openapi()
     for path in ("/v1/images", "/v1/pvs/image", "/v1/auto/image"):

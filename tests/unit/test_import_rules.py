@@ -77,8 +77,8 @@ def test_the_ingress_never_loads_torch_or_transformers():
 
 def test_the_rules_catch_a_violation(tmp_path):
     """The checker itself can fail: a model module importing the ingress is reported."""
-    assert not _allowed("model", "ingress.app") and not _allowed("storage", "model.concept")
+    assert not _allowed("model", "ingress.fastapi_app") and not _allowed("storage", "model.concept")
     assert _allowed("ingress", "model.types") and not _allowed("ingress", "model.concept")
     bad = tmp_path / "x.py"
-    bad.write_text("def f():\n    from serve_app.ingress.app import create_app\n")
-    assert _imports(bad) == ["ingress.app"]
+    bad.write_text("def f():\n    from serve_app.ingress.fastapi_app import create_app\n")
+    assert _imports(bad) == ["ingress.fastapi_app"]

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from serve_app.config import AppConfig
 from serve_app.errors import Sam3Error, Unavailable
-from serve_app.ingress.app import create_app
 from serve_app.ingress.context import IngressContext
+from serve_app.ingress.fastapi_app import create_app
 from serve_app.model.concept import ConceptRunner
 from serve_app.pipelines.remote import translate_handle_error as to_sam3_error
 from tests.bad_inputs import BAD_REQUESTS, send

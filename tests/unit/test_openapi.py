@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from serve_app.ingress.app import create_app
+from serve_app.ingress.fastapi_app import create_app
 
 BODILESS = {"/v1/video/sessions/{sid}/reset"}  # actions that take no body
 

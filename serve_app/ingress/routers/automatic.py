@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from serve_app.ingress.body import read_json_model
 from serve_app.ingress.context import IngressContext, get_context
-from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import json_request_body
 from serve_app.ingress.routers.click import ERRORS, body_limit, resolve_image
 from serve_app.pipelines.click import auto_knobs

@@ -11,7 +11,7 @@ from serve_app.codecs.image_decode import DecodedImage
 from serve_app.config import AppConfig
 from serve_app.ingress.body import image_body_limit, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
-from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import json_request_body
 from serve_app.pipelines.click import validate_objects
 from serve_app.schemas import ClickImageRequest, ClickImageResponse, ErrorBody, ImageByIdOrRef

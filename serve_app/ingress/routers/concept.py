@@ -17,7 +17,7 @@ from serve_app.ingress.body import (
     read_json_model,
 )
 from serve_app.ingress.context import IngressContext, get_context
-from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema
 from serve_app.pipelines.concept import url_response, validate_options, with_inline_overlay
 from serve_app.schemas import (

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.ingress.errors import configured_retry_after_s
+from serve_app.ingress.error_handling import configured_retry_after_s
 
 router = APIRouter(tags=["health"])
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from serve_app.errors import Overloaded, Timeout, Unavailable
 from serve_app.ingress.body import content_kind, form_bool, image_body_limit, read_form_file, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
-from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema
 from serve_app.pipelines.timings import round_ms
 from serve_app.schemas import ErrorBody, ImageUploadRequest, ImageUploadResponse

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, Sam3Error, format_validation_errors
 from serve_app.ingress.body import content_kind, parse_model, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
-from serve_app.ingress.errors import request_id_of
+from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema, json_request_body
 from serve_app.pipelines.image_library import parse_s3_url
 from serve_app.pipelines.video import ndjson, session_view

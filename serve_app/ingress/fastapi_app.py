@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serve_app.ingress.errors import install_error_handling
+from serve_app.ingress.error_handling import install_error_handling
 from serve_app.ingress.routers import automatic, blobs, click, cluster, concept, health, images, jobs, uploads, video
 
 
