@@ -67,7 +67,7 @@ class _Owner:
     name: str
     handle: Any
     generation: int
-    attach: asyncio.Task  # the attach call (done once the actor holds the session)
+    attach: asyncio.Future  # the attach call (done once the actor holds the session)
     rebuilt: bool
     touched: float = 0.0
 
@@ -214,7 +214,7 @@ class SessionManager:
                 if len(self.owners) >= self.video.max_sessions:
                     raise Overloaded(f"{len(self.owners)} sessions are live, limit {self.video.max_sessions}",
                                      "too_many_sessions")
-                owner = await self._build(record)
+                owner = await self._adopt(record) or await self._build(record)
                 self.owners[sid] = owner
         if not wait:
             return owner
@@ -231,18 +231,43 @@ class SessionManager:
             raise
         return owner
 
+    async def _adopt(self, record: SessionRecord) -> _Owner | None:
+        """The live actor the record names, if it still holds this session at the record's generation (another
+        SessionManager replica built it, or this replica restarted while the actor lived on)."""
+        if record.actor.name is None:
+            return None
+        try:
+            handle = await asyncio.to_thread(ray.get_actor, record.actor.name,
+                                             namespace=record.actor.namespace or self.video.actor.namespace)
+            held: dict[str, Any] = await asyncio.wait_for(handle.describe.remote(), self.video.start_timeout_s)
+        except Exception:  # gone, dead or unresponsive: rebuild
+            return None
+        if held["session_id"] != record.session_id or held["generation"] != record.actor.generation:
+            return None
+        attached: asyncio.Future = asyncio.get_running_loop().create_future()
+        attached.set_result(None)
+        return _Owner(record.actor.name, handle, record.actor.generation, attached, rebuilt=False)
+
     async def _build(self, record: SessionRecord) -> _Owner:
-        """Claim a warm actor (or start one) and attach it to the session under a new generation."""
+        """Claim a warm actor (or start one) and attach it to the session under a new generation. The record
+        update is conditional on the generation read: if another replica built an owner meanwhile, this one
+        gives its actor back and the caller gets SessionStarting (the next request adopts that owner)."""
         name, handle = self.pool.pop() if self.pool else self._start_actor()
         generation = record.actor.generation + 1
         rebuilt = record.actor.name is not None or record.state == "parked" or record.journal_seq >= 0
 
         def fn(r: SessionRecord) -> SessionRecord:
+            if r.actor.generation != record.actor.generation:
+                raise SessionStarting(f"session {r.session_id} is being rebuilt elsewhere", retry_after_s=1)
             r.actor = ActorRef(name=name, namespace=self.video.actor.namespace, generation=generation)
             r.state = "ready"
             r.last_used_at = utcnow()
             return r
-        await asyncio.to_thread(self.records.mutate, record.session_id, fn)
+        try:
+            await asyncio.to_thread(self.records.mutate, record.session_id, fn)
+        except Exception:
+            self._release(name, handle)
+            raise
         attach = asyncio.ensure_future(self._attach(handle, record.tenant, record.session_id, generation))
         return _Owner(name, handle, generation, attach, rebuilt)
 
