@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import base_parser, setup, summary, write_result
+from bench_common import VIDEO_IDLE, base_parser, pyplot, setup, summary, write_result
 
 W, H = 1024, 768
 
@@ -133,7 +133,8 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
     args = {"model": {"model_id": model_dir}, "storage": {"uri": f"file://{store}"},
             "concept": {"replica": {**gpu, "max_ongoing_requests": 32}},
             "click": {"replica": {**gpu, "max_ongoing_requests": 64}, "cache_bytes": 4 * 1024**3},
-            "observability": {"debug_interface": True}}  # debug_stats: the vision-encoder counter
+            "observability": {"debug_interface": True},  # debug_stats: the vision-encoder counter
+            "video": VIDEO_IDLE}
     serve.run(build_app(args), name="sam3", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     handle = serve.get_deployment_handle("ClickSegmenter", app_name="sam3")
@@ -207,12 +208,8 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     s = result.get("served", {})

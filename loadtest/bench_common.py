@@ -63,3 +63,20 @@ def write_result(result: dict, out: str, plot: Callable[[dict, Path], None]) -> 
     path.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, path.with_suffix(".png"))
     print(f"wrote {path}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed (plots are optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+# Image benchmarks keep the video side idle: no warm session actor loading a video model during the run,
+# and a SessionManager that asks for no CPU (so everything schedules on 2 cores).
+VIDEO_IDLE = {"warm_pool": 0, "manager": {"num_cpus": 0}}

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import base_parser, setup, summary, write_result
+from bench_common import VIDEO_IDLE, base_parser, pyplot, setup, summary, write_result
 
 BATCH_SIZES = (1, 2, 4, 8)
 TEXTS = ("car", "person", "dog", "tree", "red shirt", "bicycle", "cat", "house")
@@ -104,7 +104,8 @@ def bench_served(model_dir: str, prompts: int, per_client: int, num_gpus: float)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": {"model_id": model_dir},
             "concept": {"replica": {"num_gpus": num_gpus, "num_cpus": 1, "max_ongoing_requests": 32},
-                        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}}}
+                        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}},
+            "video": VIDEO_IDLE}
     serve.run(build_app(args), name="sam3", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/pcs/image"
     images = []
@@ -144,12 +145,8 @@ def bench_served(model_dir: str, prompts: int, per_client: int, num_gpus: float)
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     m, s = result["model_only"], result.get("served", [])

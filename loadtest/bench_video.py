@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import base_parser, setup, summary, write_result
+from bench_common import base_parser, pyplot, setup, summary, write_result
 
 TEXT = "red disc"
 STATE_SIZE = (48, 64)  # (h, w) of the synthetic frames of the state measurement
@@ -699,12 +699,8 @@ def rows_summary(rows: list[dict]) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]

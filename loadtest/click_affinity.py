@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def run(model_dir: str, routing: str, replicas: int, images: int, rounds: int) -> dict:
     import ray
     import requests
+    from bench_common import VIDEO_IDLE
     from ray import serve
 
     from serve_app.app import build_app
@@ -38,7 +39,7 @@ def run(model_dir: str, routing: str, replicas: int, images: int, rounds: int) -
         cpu = {"num_gpus": 0, "num_cpus": 0.5}
         args = {"model": {"model_id": model_dir}, "storage": {"uri": f"file://{tmp}/store"},
                 "concept": {"replica": cpu},
-                "click": {"replica": {**cpu, "num_replicas": replicas}, "routing": routing}}
+                "click": {"replica": {**cpu, "num_replicas": replicas}, "routing": routing}, "video": VIDEO_IDLE}
         serve.run(build_app(args), name="sam3", route_prefix="/")
         base = "http://127.0.0.1:18777"
         ids = [requests.post(base + "/v1/images", files={"file": ("a.png", png_bytes(80, 60, seed=100 + i), "image/png")},
