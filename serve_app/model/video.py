@@ -90,6 +90,17 @@ from serve_app.model.video_types import (
 
 log = logging.getLogger(__name__)
 
+
+class _DropObjectCapWarning(logging.Filter):
+    """transformers warns "hitting self.max_num_objects=…" on EVERY frame once a text prompt has filled the
+    object cap: an expected state for a session, not news, and it would flood the actors' logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("hitting self.max_num_objects")
+
+
+logging.getLogger("transformers.models.sam3_video.modeling_sam3_video").addFilter(_DropObjectCapWarning())
+
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS = ("forward", "backward", "both")
 
