@@ -204,6 +204,7 @@ class SessionManager:
                 return
         except ray.exceptions.RayActorError:
             return  # already dead
+        owner.attach.cancel()  # still starting (or failed): nobody will wait for it any more
         ray.kill(owner.handle)
 
     async def _owner(self, record: SessionRecord, *, wait: bool = True) -> _Owner:

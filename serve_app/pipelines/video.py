@@ -9,12 +9,15 @@ The SessionManager deployment owns the records and says which named actor owns a
 (`acquire`); this module calls that actor directly. When the actor has died, the manager is told
 (`lost`) and the call is retried once on the rebuilt actor (the response then says `rebuilt: true`).
 Masks cross from the actor as low-res logits; upsampling and RLE run here, and every computed frame is
-stored (`t/{tenant}/sessions/{sid}/masks/{i:06d}.json`) so playback and exports never need the actor.
+stored (`t/{tenant}/sessions/{sid}/masks/{i:06d}.json`) so playback and exports never need the actor. During
+a propagation the stores run behind the stream (a frame is sent as soon as it is encoded); the final
+message says how many were stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import logging
@@ -46,6 +49,7 @@ from serve_app.storage.base import ArtifactStore
 log = logging.getLogger("serve_app.ingress")
 
 _PROGRESS_EVERY = 25  # frames between ingest progress updates of the record
+_WRITES_IN_FLIGHT = 8  # propagated frames being stored at once per ingress replica
 
 
 def session_view(record: SessionRecord) -> SessionView:
@@ -104,6 +108,8 @@ class VideoSessions:
                                           limits.max_frames)
         self.timeout_s = cfg.ingress.model_timeout_s
         self._actors: dict[str, Any] = {}
+        self._writes: set[asyncio.Task] = set()
+        self._write_slots = asyncio.Semaphore(_WRITES_IN_FLIGHT)
 
     # ------------------------------------------------------------------ create / read
     def check_options(self, opts: SessionOptionsIn) -> None:
@@ -247,16 +253,18 @@ class VideoSessions:
             sid, req.start_frame_index, req.direction, req.max_frames, request_id)
         done = 0
         finished = False
+        writes: list[asyncio.Task] = []  # each frame is stored behind the stream (not before it is sent)
         try:
             async for ref in stream:
                 item = await ref
                 if not isinstance(item, VideoFrameResult):  # PropagationEnd
                     finished = True
+                    stored = await self._stored(writes)
                     yield {"type": item.status, "frames": item.frames, "progress": {"done": done, "total": total},
-                           "rebuilt": lease.rebuilt}
+                           "stored": stored, "rebuilt": lease.rebuilt}
                     return
                 frame = await asyncio.to_thread(encode_frame, item, h, w)
-                await asyncio.to_thread(self._persist, sid, frame)
+                writes.append(self._store_behind(sid, frame))
                 done += 1
                 yield {"type": "frame", **frame.model_dump(), "progress": {"done": done, "total": total}}
         except Exception as exc:
@@ -326,6 +334,27 @@ class VideoSessions:
         if err is None:
             raise exc
         return err
+
+    def _store_behind(self, sid: str, frame: FrameResult) -> asyncio.Task:
+        """Store `frame` in a worker thread; at most _WRITES_IN_FLIGHT run at once per replica. The task is
+        kept referenced until it ends, so a stream whose client went away still stores what it sent."""
+        async def write() -> None:
+            async with self._write_slots:
+                await asyncio.to_thread(self._persist, sid, frame)
+
+        task = asyncio.create_task(write())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    @staticmethod
+    async def _stored(writes: builtins.list[asyncio.Task]) -> int:
+        """Wait for a stream's frame writes; how many succeeded (failures are logged, the frames were sent)."""
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("%d of %d propagated frames were not stored: %r", len(failed), len(results), failed[0])
+        return len(results) - len(failed)
 
     def _persist(self, sid: str, frame: FrameResult) -> None:
         self.store.put(keys.session_masks_key(self.tenant, sid, frame.frame_index),

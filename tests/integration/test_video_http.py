@@ -158,6 +158,7 @@ def test_text_prompt_then_propagate_both_covers_every_frame_once(client, video_f
     lines = propagate(client, sid, direction="both", start_frame_index=5)
     frames, end = lines[:-1], lines[-1]
     assert end["type"] == "done" and end["progress"] == {"done": N_FRAMES, "total": N_FRAMES}
+    assert end["stored"] == N_FRAMES  # every streamed frame is in storage before "done" is sent
     order = [f["frame_index"] for f in frames]
     assert order == list(range(5, N_FRAMES)) + list(range(4, -1, -1))  # forward from 5, then backward
     assert [f["progress"]["done"] for f in frames] == list(range(1, N_FRAMES + 1))
