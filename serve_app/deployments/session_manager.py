@@ -255,7 +255,7 @@ class SessionManager:
         gives its actor back and the caller gets SessionStarting (the next request adopts that owner)."""
         name, handle = self.pool.pop() if self.pool else self._start_actor()
         generation = record.actor.generation + 1
-        rebuilt = record.actor.name is not None or record.state == "parked" or record.journal_seq >= 0
+        rebuilt = record.actor.name is not None or record.state == "parked"  # state existed before
 
         def fn(r: SessionRecord) -> SessionRecord:
             if r.actor.generation != record.actor.generation:

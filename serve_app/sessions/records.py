@@ -24,9 +24,9 @@ Invariants:
   so concurrent mutations all apply and none is lost; `fn` must therefore be safe to call more than once.
 - `revision` counts writes; `write_id` is fresh per write so a conditional put whose response was lost
   (the S3 client retried it and got 412 although it landed) is recognised as ours instead of re-applied.
-- `journal_seq` is the last journal entry the owner APPLIED (-1: none); `checkpoint_seq` the last entry
-  the newest checkpoint covers (None: no checkpoint). `actor.generation` goes up by one per (re)build, so
-  a zombie actor of an older generation can be told apart from the owner.
+- The journal and the checkpoints themselves (not fields here) say what a rebuild replays.
+  `actor.generation` goes up by one per (re)build, so a zombie actor of an older generation can be told
+  apart from the owner.
 
 Methods block (storage I/O): from asyncio call them through `asyncio.to_thread`. No Ray/FastAPI/torch here.
 """
@@ -140,8 +140,6 @@ class SessionRecord(_Model):
     video: VideoInfo | None = None
     source: SessionSource | None = None
     actor: ActorRef = Field(default_factory=ActorRef)
-    journal_seq: int = Field(-1, ge=-1, description="Last journal entry applied by the owner; -1 = none.")
-    checkpoint_seq: int | None = Field(None, ge=0, description="Last journal entry the newest checkpoint covers.")
     progress: IngestProgress = Field(default_factory=IngestProgress)
     error: SessionError | None = None
     options: SessionOptions = Field(default_factory=SessionOptions)
