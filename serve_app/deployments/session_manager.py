@@ -54,12 +54,14 @@ class SessionStarting(Conflict):
 
 @dataclass(frozen=True)
 class SessionLease:
-    """Which actor owns a session now. rebuilt: this acquire rebuilt the session (new generation)."""
+    """Which actor owns a session now, and the session's frames (so callers check frame indices without
+    reading the record again). rebuilt: this acquire rebuilt the session (new generation)."""
 
     actor_name: str
     namespace: str
     generation: int
     rebuilt: bool
+    video: VideoInfo | None
 
 
 @dataclass
@@ -166,7 +168,7 @@ class SessionManager:
         if loop.time() - owner.touched > _TOUCH_EVERY_S:
             owner.touched = loop.time()
             await asyncio.to_thread(self.records.mutate, session_id, _touch)
-        return SessionLease(owner.name, self.video.actor.namespace, owner.generation, owner.rebuilt)
+        return SessionLease(owner.name, self.video.actor.namespace, owner.generation, owner.rebuilt, record.video)
 
     async def lost(self, session_id: str, generation: int) -> None:
         """A caller saw the owner of `generation` die: forget it (the next acquire rebuilds)."""

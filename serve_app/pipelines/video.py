@@ -42,7 +42,7 @@ from serve_app.schemas import (
     VideoPromptResponse,
 )
 from serve_app.sessions.ingest import IngestLimits, ingest_video
-from serve_app.sessions.records import SessionOptions, SessionRecord, SessionSource
+from serve_app.sessions.records import SessionOptions, SessionRecord, SessionSource, VideoInfo
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore
 
@@ -142,13 +142,9 @@ class VideoSessions:
 
     def _keep_video(self, path: str) -> str:
         """Store the source video content-addressed (videos/{sha256}); returns its id."""
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        video_id = digest.hexdigest()
         with open(path, "rb") as f:
             data = f.read()
+        video_id = hashlib.sha256(data).hexdigest()
         try:
             self.store.put(keys.video_key(self.tenant, video_id), data, "application/octet-stream", if_none_match=True)
         except PreconditionFailed:
@@ -175,7 +171,7 @@ class VideoSessions:
 
     async def frame_jpeg(self, sid: str, index: int) -> bytes:
         record = await self.get(sid)
-        self._check_index(record, index)
+        self._check_index(record.video, index)
         try:
             return (await asyncio.to_thread(self.store.get, keys.session_frame_key(self.tenant, sid, index))).data
         except NotFound:
@@ -185,10 +181,9 @@ class VideoSessions:
         """Stored results of frames start..end (inclusive; end None = the last frame); objects removed since
         are left out."""
         record = await self.get(sid)
-        self._check_index(record, start)
-        assert record.video is not None
-        last = record.video.num_frames - 1 if end is None else end
-        self._check_index(record, last)
+        video = self._check_index(record.video, start)
+        last = video.num_frames - 1 if end is None else end
+        self._check_index(video, last)
         if last < start:
             raise InvalidInput("frame_end must be >= frame_start", "invalid_frame_range")
         if last - start + 1 > 1000:
@@ -214,26 +209,23 @@ class VideoSessions:
 
     # ------------------------------------------------------------------ operations on the actor
     async def prompt(self, sid: str, req: VideoPromptRequest, request_id: str) -> VideoPromptResponse:
-        record = await self.get(sid)
-        self._check_index(record, req.frame_index)
         self._check_prompt(req)
+        owner = await self._actor(sid)
+        video = self._check_index(owner[1].video, req.frame_index)
         op, args = prompt_op(req)
-        result, rebuilt = await self._call(sid, "apply", op, args, request_id)
-        assert record.video is not None
-        frame = await asyncio.to_thread(encode_frame, result, record.video.height, record.video.width)
+        result, rebuilt = await self._call(sid, "apply", op, args, request_id, owner=owner)
+        frame = await asyncio.to_thread(encode_frame, result, video.height, video.width)
         await asyncio.to_thread(self._persist, sid, frame)
         return VideoPromptResponse(request_id=request_id, frame_index=frame.frame_index, objects=frame.objects,
                                    prompt_to_obj_ids=result.prompt_to_obj_ids,
                                    prompted_obj_ids=result.prompted_obj_ids, rebuilt=rebuilt)
 
     async def remove_object(self, sid: str, obj_id: int, request_id: str) -> bool:
-        await self.get(sid)
         _, rebuilt = await self._call(sid, "apply", "remove_object", {"obj_id": obj_id}, request_id)
         await self._manager("objects_changed", sid, removed=obj_id)
         return rebuilt
 
     async def reset(self, sid: str, request_id: str) -> bool:
-        await self.get(sid)
         _, rebuilt = await self._call(sid, "apply", "reset", {}, request_id)
         await self._manager("objects_changed", sid, reset=True)
         await asyncio.to_thread(self._delete_masks, sid)
@@ -243,12 +235,10 @@ class VideoSessions:
         """Messages of one propagation: {"type": "frame", ...} per frame as computed, then {"type": "done"}
         or {"type": "cancelled"}; {"type": "error", "error": {...}} if it fails midway. Closing the iterator
         (client gone) stops the GPU work at the next frame."""
-        record = await self.get(sid)
-        self._check_index(record, req.start_frame_index)
-        assert record.video is not None
-        h, w = record.video.height, record.video.width
-        total = expected_frames(record.video.num_frames, req.start_frame_index, req.direction, req.max_frames)
         handle, lease = await self._actor(sid)
+        video = self._check_index(lease.video, req.start_frame_index)
+        h, w = video.height, video.width
+        total = expected_frames(video.num_frames, req.start_frame_index, req.direction, req.max_frames)
         stream = handle.propagate.options(num_returns="streaming").remote(
             sid, req.start_frame_index, req.direction, req.max_frames, request_id)
         done = 0
@@ -304,11 +294,12 @@ class VideoSessions:
         self._actors[sid] = (lease.actor_name, handle)
         return handle, lease
 
-    async def _call(self, sid: str, method: str, *args: Any) -> tuple[Any, bool]:
-        """`actor.<method>(sid, *args)`; if the owner died, tell the manager and retry once on the rebuilt
-        one. Returns (result, rebuilt)."""
+    async def _call(self, sid: str, method: str, *args: Any,
+                    owner: tuple[Any, Any] | None = None) -> tuple[Any, bool]:
+        """`actor.<method>(sid, *args)` on `owner` (from `_actor`; looked up when None); if the owner died,
+        tell the manager and retry once on the rebuilt one. Returns (result, rebuilt)."""
         for attempt in range(2):
-            handle, lease = await self._actor(sid)
+            handle, lease = owner if owner is not None and attempt == 0 else await self._actor(sid)
             try:
                 return await getattr(handle, method).remote(sid, *args), lease.rebuilt or attempt > 0
             except Exception as exc:
@@ -369,12 +360,14 @@ class VideoSessions:
             if len(page) < 1000:
                 return
 
-    def _check_index(self, record: SessionRecord, index: int) -> None:
-        if record.video is None:
-            raise InvalidInput(f"session {record.session_id} has no frames yet", "session_not_ready")
-        if not 0 <= index < record.video.num_frames:
-            raise InvalidInput(f"frame index {index} is outside 0..{record.video.num_frames - 1}",
-                               "frame_out_of_range")
+    @staticmethod
+    def _check_index(video: VideoInfo | None, index: int) -> VideoInfo:
+        """`video` if `index` is one of its frames; InvalidInput otherwise (session_not_ready without frames)."""
+        if video is None:
+            raise InvalidInput("the session has no frames yet", "session_not_ready")
+        if not 0 <= index < video.num_frames:
+            raise InvalidInput(f"frame index {index} is outside 0..{video.num_frames - 1}", "frame_out_of_range")
+        return video
 
     def _check_prompt(self, req: VideoPromptRequest) -> None:
         limits = self.cfg.video.limits

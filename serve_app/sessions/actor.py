@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import ModelConfig, StorageConfig, VideoConfig
-from serve_app.errors import Conflict, InvalidInput, NotFound, Sam3Error
+from serve_app.errors import Conflict, InvalidInput, NotFound
 from serve_app.model.video_types import FrameSource, SessionIncompatible, VideoFrameResult, VideoObjectPrompt
 from serve_app.sessions.checkpoints import CheckpointStore
 from serve_app.sessions.ingest import load_video_meta
@@ -184,10 +184,8 @@ class SessionActor:
             entry = journal.append(op, args, request_id, expected_seq=self.journal_seq + 1)  # write-ahead
             self.journal_seq = entry.seq
             self.counters["ops_applied"] += 1
-            try:
-                return self._apply(op, args)
-            except Sam3Error:
-                raise  # journaled but refused by the model: a replay refuses it the same way (skipped)
+            # an op the model refuses stays journaled: a replay refuses it the same way and skips it
+            return self._apply(op, args)
 
     def propagate(self, session_id: str, start_frame_index: int, direction: str, max_frames: int | None,
                   request_id: str | None = None) -> Iterator[VideoFrameResult | PropagationEnd]:
