@@ -99,7 +99,8 @@ def bench_served(model_dir: str, prompts: int, per_client: int, num_gpus: float)
 
     tmp = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
     os.environ["RAY_TMPDIR"] = tmp
-    ray.init(include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    # logical CPUs: the app has 5 deployments (1 CPU each by default); on a 2-core box they must all schedule
+    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     port = 18765
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": {"model_id": model_dir},
