@@ -7,8 +7,11 @@ import colorsys
 import cv2
 import numpy as np
 
-# One instance to draw: (mask bool (H,W) or None, box xyxy in pixels, label text, colour index).
-OverlayItem = tuple[np.ndarray | None, list[float], str, int]
+from serve_app.codecs.masks import MaskWindow
+
+# One instance to draw: (mask: a MaskWindow, a bool (H,W) array or None; box xyxy in pixels; label text;
+# colour index).
+OverlayItem = tuple[MaskWindow | np.ndarray | None, list[float], str, int]
 
 
 def palette(i: int) -> tuple[int, int, int]:
@@ -18,12 +21,20 @@ def palette(i: int) -> tuple[int, int, int]:
 
 
 def render_overlay(rgb: np.ndarray, items: list[OverlayItem], alpha: float = 0.45) -> bytes:
-    """Draw instances (see OverlayItem) over uint8 (H,W,3) RGB and return PNG bytes of the same size."""
-    canvas = rgb.astype(np.float32)
-    for mask, _, _, color_idx in items:
-        if mask is not None and mask.any():
-            canvas[mask] = canvas[mask] * (1 - alpha) + np.array(palette(color_idx), np.float32) * alpha
-    out = np.ascontiguousarray(canvas.clip(0, 255).astype(np.uint8))
+    """Draw instances (see OverlayItem) over uint8 (H,W,3) RGB and return PNG bytes of the same size.
+    Masks are blended in float32 inside the union of their boxes only (the rest is left as it is)."""
+    masks = [(m if isinstance(m, MaskWindow) else MaskWindow.tight(m, 0, 0, *m.shape), color_idx)
+             for m, _, _, color_idx in items if m is not None]
+    masks = [(m, color_idx) for m, color_idx in masks if m.crop.size]
+    out = np.array(rgb, dtype=np.uint8, order="C")
+    if masks:
+        boxes = np.array([m.box_xyxy for m, _ in masks], dtype=np.int64)  # x0, y0, x1, y1 (exclusive)
+        (ux0, uy0), (ux1, uy1) = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)
+        canvas = out[uy0:uy1, ux0:ux1].astype(np.float32)
+        for (m, color_idx), (x0, y0, x1, y1) in zip(masks, boxes):
+            region = canvas[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0]
+            region[m.crop] = region[m.crop] * (1 - alpha) + np.array(palette(color_idx), np.float32) * alpha
+        out[uy0:uy1, ux0:ux1] = canvas.clip(0, 255).astype(np.uint8)
     scale = max(0.4, min(out.shape[:2]) / 800)
     for _, box, label, color_idx in items:
         color = palette(color_idx)

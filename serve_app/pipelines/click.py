@@ -23,7 +23,7 @@ import numpy as np
 
 from serve_app.codecs.image_decode import DecodedImage, resize_square
 from serve_app.codecs.mask_input import decode_mask_input, encode_mask_input
-from serve_app.codecs.masks import encode_rle, mask_box_xyxy, upsample_masks
+from serve_app.codecs.masks import encode_masks
 from serve_app.config import ClickConfig
 from serve_app.errors import InvalidInput, Unavailable
 from serve_app.model.types import (
@@ -133,9 +133,9 @@ def encode_objects(out: ClickResponse, opts: ClickOptions) -> list[ClickObjectRe
     results = []
     for i, obj in enumerate(out.objects):
         order = np.argsort(-obj.scores, kind="stable")
-        masks = upsample_masks(obj.mask_logits[order], h, w, 0.0)
-        cands = [MaskCandidate(score=round(float(obj.scores[k]), 6), box=mask_box_xyxy(masks[rank]),
-                               area=int(masks[rank].sum()), mask=RleMask(**encode_rle(masks[rank])),
+        masks = list(encode_masks(obj.mask_logits[order], h, w, 0.0))  # MaskWindows (crops), one at a time
+        cands = [MaskCandidate(score=round(float(obj.scores[k]), 6), box=masks[rank].box_xyxy,
+                               area=masks[rank].area, mask=RleMask(**masks[rank].rle()),
                                mask_input=encode_mask_input(obj.mask_logits[k]) if opts.return_mask_input else None)
                  for rank, k in enumerate(order)]
         results.append(ClickObjectResult(id=i, object_score=round(float(obj.object_score), 6),
@@ -146,13 +146,13 @@ def encode_objects(out: ClickResponse, opts: ClickOptions) -> list[ClickObjectRe
 def encode_auto(out: AutoResponse, sort_by: str) -> list[AutoMask]:
     """Replica output -> `masks` of an AutoImageResponse (RLE at the original size), sorted by score or area."""
     h, w = out.original_hw
-    masks = upsample_masks(out.mask_logits, h, w, 0.0)
+    masks = list(encode_masks(out.mask_logits, h, w, 0.0))  # MaskWindows (crops), one at a time
     order = list(range(len(out.scores)))
     if sort_by == "area":
-        order.sort(key=lambda k: int(masks[k].sum()), reverse=True)
+        order.sort(key=lambda k: masks[k].area, reverse=True)
     return [AutoMask(id=i, score=round(float(out.scores[k]), 6), stability_score=round(float(out.stability[k]), 6),
-                     box=[float(v) for v in out.boxes_xyxy[k]], area=int(masks[k].sum()),
-                     point=[round(float(v), 2) for v in out.points_xy[k]], mask=RleMask(**encode_rle(masks[k])))
+                     box=[float(v) for v in out.boxes_xyxy[k]], area=masks[k].area,
+                     point=[round(float(v), 2) for v in out.points_xy[k]], mask=RleMask(**masks[k].rle()))
             for i, k in enumerate(order)]
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from serve_app.codecs.image_decode import DecodedImage, resize_square
-from serve_app.codecs.masks import encode_rle, mask_to_polygons, upsample_masks
+from serve_app.codecs.masks import encode_mask
 from serve_app.codecs.overlay import OverlayItem, render_overlay
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidInput
@@ -96,19 +96,19 @@ def encode_response(image: DecodedImage, opts: ConceptOptions, out: ConceptRespo
     overlay_items: list[OverlayItem] = []
     next_id = 0
     for p_idx, (prompt, inst) in enumerate(zip(opts.prompts, out.results)):
-        masks = upsample_masks(inst.mask_probs, image.height, image.width, opts.mask_threshold)
         label = prompt.text or "visual"
         instances = []
         for k in range(len(inst.scores)):
             box = [round(float(v), 2) for v in inst.boxes_xyxy[k]]
-            instance = Instance(id=next_id, score=round(float(inst.scores[k]), 6), box=box, area=int(masks[k].sum()))
+            mask = encode_mask(inst.mask_probs[k], image.height, image.width, opts.mask_threshold)  # one at a time
+            instance = Instance(id=next_id, score=round(float(inst.scores[k]), 6), box=box, area=mask.area)
             if opts.mask_format == "rle":
-                instance.mask = RleMask(**encode_rle(masks[k]))
+                instance.mask = RleMask(**mask.rle())
             elif opts.mask_format == "polygon":
-                instance.polygons = mask_to_polygons(masks[k])
+                instance.polygons = mask.polygons()
             instances.append(instance)
             if opts.overlay:
-                overlay_items.append((masks[k], box, f"{label} {inst.scores[k]:.2f}", p_idx))
+                overlay_items.append((mask, box, f"{label} {inst.scores[k]:.2f}", p_idx))
             next_id += 1
         results.append(ConceptResult(prompt=prompt, instances=instances))
     return results, (render_overlay(image.rgb, overlay_items) if opts.overlay else None)

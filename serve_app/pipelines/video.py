@@ -25,7 +25,7 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from serve_app.codecs.masks import encode_rle, upsample_masks
+from serve_app.codecs.masks import encode_mask
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidInput, NotFound, PreconditionFailed, Sam3Error, Unavailable
 from serve_app.model.video_types import VideoFrameResult
@@ -70,12 +70,12 @@ def encode_frame(result: VideoFrameResult, height: int, width: int) -> FrameResu
     the two upsamplings can disagree on a mask of a pixel or two)."""
     objects = []
     for k, obj_id in enumerate(result.object_ids):
-        mask = upsample_masks(result.mask_logits[k : k + 1], height, width, 0.0)[0]
-        if not mask.any():
+        mask = encode_mask(result.mask_logits[k], height, width, 0.0)
+        if mask.area == 0:
             continue
         objects.append(VideoObject(id=int(obj_id), score=round(float(result.scores[k]), 6),
-                                   box=[round(float(v), 2) for v in result.boxes_xyxy[k]], area=int(mask.sum()),
-                                   mask=RleMask(**encode_rle(mask))))
+                                   box=[round(float(v), 2) for v in result.boxes_xyxy[k]], area=mask.area,
+                                   mask=RleMask(**mask.rle())))
     return FrameResult(frame_index=result.frame_index, objects=objects)
 
 
