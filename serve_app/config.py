@@ -41,6 +41,18 @@ class ModelConfig(StrictModel):
     local_files_only: bool = Field(
         False, description="Never contact the Hub (also implied by HF_HUB_OFFLINE=1)."
     )
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="Attention kernels: auto = transformers' default (sdpa: every SAM 3 sub-model "
+        "supports it); eager = plain matmul + softmax (for comparisons)."
+    )
+    tf32: bool = Field(
+        True, description="On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (process-wide, "
+        "set at load; false = strict fp32). No effect on CPU."
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile mode for the vision encoder (the heaviest part): off, or a torch.compile "
+        "mode. Each new batch size compiles again on its first call (warm up before timing)."
+    )
 
 
 class AutoscalingConfig(StrictModel):
@@ -146,8 +158,8 @@ class LimitsConfig(StrictModel):
         40_000_000, ge=1024, description="Decoded width*height limit (decompression bombs get 413)."
     )
     max_prompts: int = Field(16, ge=1, le=64, description="Prompts per request.")
-    max_text_chars: int = Field(256, ge=1, description="Characters per text prompt.")
-    max_boxes_per_prompt: int = Field(16, ge=1, description="Exemplar boxes per prompt.")
+    max_text_chars: int = Field(256, ge=1, le=1024, description="Characters per text prompt.")
+    max_boxes_per_prompt: int = Field(16, ge=1, le=256, description="Exemplar boxes per prompt.")
     max_instances: int = Field(100, ge=1, description="Upper bound and default for `max_instances`.")
 
 

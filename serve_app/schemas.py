@@ -8,12 +8,43 @@ image, known only to the replica when a request names the image by id). This mod
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# Hard ceilings of the wire format (OpenAPI maxItems / maxLength). They bound what one request can make a
+# replica parse and validate, whatever the config says; the configured limits (config `limits`, `click`,
+# `video.limits`) are checked in the pipelines and can only be lower (their `le` bounds are these values).
+# Crossing a ceiling gets the same 400 code as crossing the configured limit (serve_app.ingress.body).
+MAX_PROMPTS = 64  # limits.max_prompts
+MAX_TEXT_CHARS = 1024  # limits.max_text_chars
+MAX_BOXES_PER_PROMPT = 256  # limits.max_boxes_per_prompt
+MAX_OBJECTS = 256  # click.max_objects, video.limits.max_objects_per_call
+MAX_POINTS_PER_OBJECT = 256  # click.max_points_per_object, video.limits.max_points_per_object
+MAX_URL_CHARS = 2048  # s3://bucket/key: S3 keys are at most 1024 UTF-8 bytes (checked when resolved)
+MAX_OBJECT_ID = 2**31 - 1
+
+# Lone surrogates (not encodable as UTF-8) and control characters other than tab, newline and carriage return.
+_BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_text(value: str) -> str:
+    """Prompt text must be proper Unicode text before it reaches a tokenizer or OpenCV (error type invalid_text)."""
+    bad = _BAD_TEXT_CHARS.search(value)
+    if bad is not None:
+        what = "a lone surrogate (not valid Unicode)" if "\ud800" <= bad.group() <= "\udfff" else \
+            f"the control character U+{ord(bad.group()):04X}"
+        raise PydanticCustomError("invalid_text", "text contains {what} at position {pos}",
+                                  {"what": what, "pos": bad.start()})
+    return value
+
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 BoxXYXY = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] pixels")]
+PromptText = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_check_text)]
+S3Url = Annotated[str, Field(max_length=MAX_URL_CHARS)]
 
 
 class WireModel(BaseModel):
@@ -21,10 +52,16 @@ class WireModel(BaseModel):
 
 
 class ImageRef(WireModel):
-    """Exactly one way to give the image."""
+    """Exactly one way to give the image.
+
+    Pixels are read as 8-bit RGB: 16-bit images are scaled (65535 -> 255), float images must hold values in
+    [0, 1], CMYK/YCbCr/palette/grayscale/1-bit are converted, transparency is composited over white, and
+    animated images (GIF, APNG, WebP) and multi-page TIFFs use their first frame. Other pixel formats get
+    415 unsupported_image_mode.
+    """
 
     base64: str | None = Field(None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP...).")
-    url: str | None = Field(None, description="s3://bucket/key inside an allowed bucket.")
+    url: S3Url | None = Field(None, description="s3://bucket/key inside an allowed bucket (key <= 1024 UTF-8 bytes).")
     image_id: str | None = Field(None, description="sha256 id returned by POST /v1/images.")
     upload_id: str | None = Field(None, description="id returned by POST /v1/uploads, after the PUT.")
 
@@ -39,17 +76,23 @@ class ImageRef(WireModel):
 class Prompt(WireModel):
     """A concept: free text, exemplar boxes (positive/negative), or both."""
 
-    text: str | None = Field(None, description='Noun phrase, e.g. "car" or "person in red shirt".')
-    boxes: list[BoxXYXY] | None = Field(None, description="Exemplar boxes, xyxy pixels of the original image.")
+    text: PromptText | None = Field(
+        None, description='Noun phrase, e.g. "car" or "person in red shirt" (Unicode text: no control characters '
+        f'but tab/newline, at most limits.max_text_chars <= {MAX_TEXT_CHARS} characters).')
+    boxes: list[BoxXYXY] | None = Field(
+        None, max_length=MAX_BOXES_PER_PROMPT,
+        description="Exemplar boxes, xyxy pixels of the original image (at most limits.max_boxes_per_prompt).")
     box_labels: list[Literal[0, 1]] | None = Field(
-        None, description="One per box: 1 = positive exemplar, 0 = negative. Default: all positive."
+        None, max_length=MAX_BOXES_PER_PROMPT,
+        description="One per box: 1 = positive exemplar, 0 = negative. Default: all positive."
     )
 
 
 class ConceptOptions(WireModel):
     """Everything of a concept-segmentation request except the image."""
 
-    prompts: list[Prompt] = Field(..., description="1 to limits.max_prompts (16) prompts, each answered in order.")
+    prompts: list[Prompt] = Field(..., max_length=MAX_PROMPTS,
+                                  description="1 to limits.max_prompts (16) prompts, each answered in order.")
     threshold: FiniteFloat = Field(0.5, ge=0, le=1, description="Minimum instance score.")
     mask_threshold: FiniteFloat = Field(0.5, ge=0, le=1, description="Mask probability cut-off.")
     max_instances: int | None = Field(None, ge=1, description="Per prompt, highest scores first (default: limit).")
@@ -71,7 +114,7 @@ class ConceptImageRequest(ConceptOptions):
 
 
 class RleMask(WireModel):
-    size: list[int] = Field(..., description="[height, width]")
+    size: list[int] = Field(..., min_length=2, max_length=2, description="[height, width]")
     counts: str = Field(..., description="COCO compressed RLE (pycocotools, column-major)")
 
 
@@ -202,9 +245,11 @@ class ImageUploadResponse(WireModel):
 class ClickObjectIn(WireModel):
     """The prompts of one object: clicks and/or a box, optionally the previous mask of this object."""
 
-    points: list[PointXY] | None = Field(None, description="Clicks [[x, y], ...], pixels of the original image.")
+    points: list[PointXY] | None = Field(None, max_length=MAX_POINTS_PER_OBJECT,
+                                         description="Clicks [[x, y], ...], pixels of the original image.")
     point_labels: list[Literal[0, 1]] | None = Field(
-        None, description="One per point: 1 = on the object, 0 = not on it. Default: all 1.")
+        None, max_length=MAX_POINTS_PER_OBJECT,
+        description="One per point: 1 = on the object, 0 = not on it. Default: all 1.")
     box: BoxXYXY | None = Field(None, description="[x0, y0, x1, y1] pixels of the original image.")
     mask_input: str | None = Field(
         None, description="The `mask_input` this service returned for this object on the previous click: "
@@ -212,7 +257,8 @@ class ClickObjectIn(WireModel):
 
 
 class ClickOptions(WireModel):
-    objects: list[ClickObjectIn] = Field(..., description="1 to click.max_objects objects, answered in order.")
+    objects: list[ClickObjectIn] = Field(..., max_length=MAX_OBJECTS,
+                                         description="1 to click.max_objects objects, answered in order.")
     multimask_output: bool = Field(
         False, description="Also return three candidate masks per object (sorted by score); useful for a "
         "single ambiguous click.")
@@ -310,7 +356,7 @@ class VideoRef(WireModel):
     """Exactly one way to give the video (multipart uploads use the `video` file field instead)."""
 
     upload_id: str | None = Field(None, description="id returned by POST /v1/uploads, after the PUT.")
-    url: str | None = Field(None, description="s3://bucket/key inside an allowed bucket.")
+    url: S3Url | None = Field(None, description="s3://bucket/key inside an allowed bucket (key <= 1024 UTF-8 bytes).")
     video_id: str | None = Field(None, description="sha256 id of a video stored by an earlier session.")
 
     @model_validator(mode="after")
@@ -362,9 +408,12 @@ class SessionList(WireModel):
 class VideoObjectIn(WireModel):
     """Prompts of one object on one frame: clicks and/or a box, or an exact mask."""
 
-    obj_id: int | None = Field(None, ge=0, description="An existing object to refine, or a new id; None = next free id.")
-    points: list[PointXY] | None = Field(None, description="Clicks [[x, y], ...], pixels of the frame.")
-    point_labels: list[Literal[0, 1]] | None = Field(None, description="1 = on the object, 0 = not. Default: all 1.")
+    obj_id: int | None = Field(None, ge=0, le=MAX_OBJECT_ID,
+                               description="An existing object to refine, or a new id; None = next free id.")
+    points: list[PointXY] | None = Field(None, max_length=MAX_POINTS_PER_OBJECT,
+                                         description="Clicks [[x, y], ...], pixels of the frame.")
+    point_labels: list[Literal[0, 1]] | None = Field(None, max_length=MAX_POINTS_PER_OBJECT,
+                                                     description="1 = on the object, 0 = not. Default: all 1.")
     box: BoxXYXY | None = None
     mask: RleMask | None = Field(None, description="The object's exact mask on this frame (COCO RLE, frame size).")
     clear_old_points: bool = Field(False, description="Replace this object's earlier clicks on this frame.")
@@ -374,8 +423,9 @@ class VideoPromptRequest(WireModel):
     """POST /v1/video/sessions/{sid}/prompts: a text prompt (detect + track every instance) or objects."""
 
     frame_index: int = Field(..., ge=0)
-    text: str | None = Field(None, description='A concept, e.g. "person in red".')
-    objects: list[VideoObjectIn] | None = Field(None, description="Clicks/boxes/masks, one entry per object.")
+    text: PromptText | None = Field(None, description='A concept, e.g. "person in red".')
+    objects: list[VideoObjectIn] | None = Field(None, max_length=MAX_OBJECTS,
+                                                description="Clicks/boxes/masks, one entry per object.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "VideoPromptRequest":

@@ -1,7 +1,10 @@
-"""One table of bad /v1/pcs/image requests and the status + error code each must get.
+"""Tables of bad requests and the status + error code each must get.
 
-Shared by the in-process ingress tests (tests/unit) and the real-Serve HTTP tests (tests/integration);
-both run the app with limits.max_image_bytes=200000 and limits.max_image_pixels=1000000.
+BAD_REQUESTS (/v1/pcs/image) is shared by the in-process ingress tests (tests/unit) and the real-Serve HTTP
+tests (tests/integration); both run the app with limits.max_image_bytes=200000 and
+limits.max_image_pixels=1000000. BAD_CLICK_REQUESTS / BAD_AUTO_REQUESTS: /v1/pvs/image and /v1/auto/image.
+BAD_INPUTS: hostile input across every route (prompt text, list ceilings, deep JSON, giant integers,
+odd pixel formats, s3:// keys), each with its route (`Bad.path`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Bad:
     data: dict = field(default_factory=dict)
     raw: bytes | None = None
     content_type: str | None = None
+    path: str = "/v1/pcs/image"  # the route (BAD_INPUTS); the other tables are sent to one route each
 
 
 def _j(**kw):
@@ -152,4 +156,146 @@ BAD_AUTO_REQUESTS = [
     Bad("iou_nan", 422, "validation_error", json='{"image_id": "ID", "pred_iou_thresh": NaN}'.replace("ID", CLICK_IMAGE_ID)),
     Bad("bad_sort", 422, "validation_error", json={"image_id": CLICK_IMAGE_ID, "sort_by": "colour"}),
     Bad("invalid_base64", 400, "invalid_base64", json={"image": {"base64": "***"}}),
+]
+
+
+# ------------------------------------------------------------------------------------------------------
+# BAD_INPUTS: hostile input on every route. Expected by tests/unit/test_input_validation.py (the
+# /v1/pcs/image ones, in-process) and tests/integration/test_bad_inputs_http.py (all, real Serve: the app
+# of tests/conftest.py serve_args, whose allowed_url_buckets include sam3-test). Schema checks run before
+# anything else, so the video prompt routes answer them for a session that does not exist.
+
+PCS, PVS, AUTO, IMAGES, JOBS = "/v1/pcs/image", "/v1/pvs/image", "/v1/auto/image", "/v1/images", "/v1/jobs"
+VIDEO = "/v1/video/sessions"
+VIDEO_PROMPTS = "/v1/video/sessions/no-such-session/prompts"
+VIDEO_PROPAGATE = "/v1/video/sessions/no-such-session/propagate"
+S3_BUCKET = "sam3-test"  # tests/fixtures/s3.py BUCKET, allowed by tests/conftest.py app_storage
+DEEP = "[" * 100_000  # Python's json recursion limit is ~1000
+DEEP_5000 = "[" * 5000  # for the routes whose body limit is 64 KiB
+GIANT_INT = "1" + "0" * 5000  # over Python's 4300-digit int parsing limit (ValueError)
+
+
+def _save(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+_FLOAT_TIFF_OUT_OF_RANGE = _save(Image.fromarray(np.linspace(0, 1000, 64, dtype=np.float32).reshape(8, 8)), "TIFF")
+_FLOAT_TIFF_NAN = _save(Image.fromarray(np.full((8, 8), np.nan, np.float32)), "TIFF")
+_INT32_TIFF_NEGATIVE = _save(Image.fromarray(np.arange(-32, 32, dtype=np.int32).reshape(8, 8)), "TIFF")
+_LAB_TIFF = _save(Image.new("LAB", (8, 8), (50, 10, 10)), "TIFF")
+
+
+def _pcs_text(text: str) -> dict:
+    return _j(prompts=[{"text": text}])
+
+
+def _s3(key: str) -> dict:
+    return {"url": f"s3://{S3_BUCKET}/{key}"}
+
+
+def _video_text(text: str) -> dict:
+    return {"frame_index": 0, "text": text}
+
+
+def _video_objects(*objects) -> dict:
+    return {"frame_index": 0, "objects": list(objects)}
+
+
+def _pcs_raw(tail: str) -> str:
+    """A /v1/pcs/image JSON body whose last field is `tail` verbatim (deep nesting, giant numbers)."""
+    return '{"image": {"base64": "%s"}, "prompts": [{"text": "car"}], %s}' % (GOOD_B64, tail)
+
+
+BAD_INPUTS = [
+    # -- prompt text: proper Unicode, no control characters, bounded (every route that takes text) --------
+    Bad("pcs_text_lone_surrogate", 400, "invalid_text", json=_pcs_text("car\ud800")),
+    Bad("pcs_text_nul", 400, "invalid_text", json=_pcs_text("car\x00")),
+    Bad("pcs_text_ansi_escape", 400, "invalid_text", json=_pcs_text("\x1b[31mcar")),
+    Bad("pcs_text_c1_control", 400, "invalid_text", json=_pcs_text("car\x85")),
+    Bad("pcs_text_over_schema_ceiling", 400, "text_too_long", json=_pcs_text("x" * 5000)),
+    Bad("pcs_multipart_text_bell", 400, "invalid_text", files=_img(GOOD), data={"text": "ca\x07r"}),
+    Bad("video_text_lone_surrogate", 400, "invalid_text", json=_video_text("person\udfff"), path=VIDEO_PROMPTS),
+    Bad("video_text_control", 400, "invalid_text", json=_video_text("person\x1f"), path=VIDEO_PROMPTS),
+    Bad("video_text_too_long", 400, "text_too_long", json=_video_text("y" * 2000), path=VIDEO_PROMPTS),
+    Bad("job_text_control", 422, "invalid_job_input",
+        json={"kind": "pcs_image", "input": _pcs_text("car\x00")}, path=JOBS),
+    # -- list ceilings (schema max_length): same code as the configured limit ------------------------------
+    Bad("pcs_5000_prompts", 400, "too_many_prompts", json=_j(prompts=[{"text": "t"}] * 5000)),
+    Bad("pcs_1000_boxes", 400, "too_many_boxes", json=_j(prompts=[{"boxes": [[1, 1, 9, 9]] * 1000}])),
+    Bad("pcs_300_box_labels", 400, "box_labels_mismatch",
+        json=_j(prompts=[{"boxes": [[1, 1, 9, 9]], "box_labels": [1] * 300}])),
+    Bad("pvs_10000_points", 400, "too_many_points",
+        json=_click({"points": [[5, 5]] * 10_000}), path=PVS),
+    Bad("pvs_1000_objects", 400, "too_many_objects", json=_click(*[_P] * 1000), path=PVS),
+    Bad("pvs_1000_point_labels", 400, "point_labels_mismatch",
+        json=_click({"points": [[5, 5]], "point_labels": [1] * 1000}), path=PVS),
+    Bad("video_1000_objects", 400, "too_many_objects", json=_video_objects(*[{"box": [1, 1, 9, 9]}] * 1000),
+        path=VIDEO_PROMPTS),
+    Bad("video_1000_points", 400, "too_many_points", json=_video_objects({"points": [[1, 1]] * 1000}),
+        path=VIDEO_PROMPTS),
+    Bad("video_mask_size_three_numbers", 422, "validation_error",
+        json=_video_objects({"mask": {"size": [4, 4, 4], "counts": "x"}}), path=VIDEO_PROMPTS),
+    Bad("video_obj_id_huge", 422, "validation_error",
+        json=_video_objects({"obj_id": 10**30, "box": [1, 1, 9, 9]}), path=VIDEO_PROMPTS),
+    # -- JSON that Python cannot parse safely: too deep, integers over 4300 digits ----------------------------
+    Bad("pcs_100000_nested_lists", 400, "json_too_deep", json=DEEP),
+    Bad("pcs_40_deep_field", 400, "json_too_deep", json=_pcs_raw('"threshold": ' + "[" * 40 + "]" * 40)),
+    Bad("pcs_giant_int", 400, "number_too_large", json=_pcs_raw('"max_instances": ' + GIANT_INT)),
+    Bad("pcs_400_digit_box_coordinate", 422, "validation_error",
+        json=_j(prompts=[{"text": "car", "boxes": [[0, 0, 10**400, 5]]}])),
+    Bad("pcs_multipart_prompts_deep", 400, "json_too_deep", files=_img(GOOD), data={"prompts": DEEP}),
+    Bad("pcs_multipart_prompts_giant_int", 400, "number_too_large", files=_img(GOOD),
+        data={"prompts": '[{"text": "car", "boxes": [[0, 0, %s, 5]]}]' % GIANT_INT}),
+    Bad("pvs_100000_nested_lists", 400, "json_too_deep", json=DEEP, path=PVS),
+    Bad("pvs_giant_int_point", 400, "number_too_large",
+        json='{"image_id": "%s", "objects": [{"points": [[%s, 1]]}]}' % (CLICK_IMAGE_ID, GIANT_INT), path=PVS),
+    Bad("auto_100000_nested_lists", 400, "json_too_deep", json=DEEP, path=AUTO),
+    Bad("auto_giant_int", 400, "number_too_large",
+        json='{"image_id": "%s", "points_per_side": %s}' % (CLICK_IMAGE_ID, GIANT_INT), path=AUTO),
+    Bad("auto_100_digit_points_per_side", 400, "points_per_side_too_large",
+        json={"image_id": CLICK_IMAGE_ID, "points_per_side": 10**100}, path=AUTO),
+    Bad("jobs_deep_input", 400, "json_too_deep", json='{"kind": "pcs_image", "input": %s}' % DEEP, path=JOBS),
+    Bad("jobs_giant_int", 400, "number_too_large", json='{"kind": "pcs_image", "input": {"a": %s}}' % GIANT_INT,
+        path=JOBS),
+    Bad("video_create_deep", 400, "json_too_deep", json='{"video": %s}' % DEEP_5000, path=VIDEO),
+    Bad("video_propagate_deep", 400, "json_too_deep", json=DEEP_5000, path=VIDEO_PROPAGATE),
+    Bad("video_propagate_giant_int", 400, "number_too_large",
+        json='{"start_frame_index": %s}' % GIANT_INT, path=VIDEO_PROPAGATE),
+    # -- boxes: zero area, outside, non-finite ---------------------------------------------------------------
+    Bad("pcs_box_zero_width", 400, "invalid_box", json=_j(prompts=[{"text": "car", "boxes": [[20, 10, 20, 40]]}])),
+    Bad("pcs_box_zero_height", 400, "invalid_box", json=_j(prompts=[{"boxes": [[10, 30, 50, 30]]}])),
+    Bad("pcs_box_right_of_image", 400, "box_outside_image", json=_j(prompts=[{"boxes": [[100, 10, 131, 40]]}])),
+    Bad("pcs_box_negative_infinity", 422, "validation_error",
+        json='{"image": {"base64": "%s"}, "prompts": [{"boxes": [[-Infinity, 1, 2, 3]]}]}' % GOOD_B64),
+    Bad("pvs_box_zero_height", 400, "invalid_box", json=_click({"box": [10, 10, 50, 10]}), path=PVS),
+    Bad("pvs_box_below_image", 400, "box_outside_image", json=_click({"box": [10, 10, 50, 91]}), path=PVS),
+    Bad("pvs_point_nan_and_box", 422, "validation_error",
+        json='{"image_id": "%s", "objects": [{"points": [[1, NaN]], "box": [1, 1, 5, 5]}]}' % CLICK_IMAGE_ID,
+        path=PVS),
+    # -- pixel formats without a faithful 8-bit RGB: rejected clearly -------------------------------------------
+    Bad("float_tiff_values_over_one", 415, "unsupported_image_mode",
+        files=_img(_FLOAT_TIFF_OUT_OF_RANGE, "f.tif", "image/tiff"), data={"text": "car"}),
+    Bad("float_tiff_nan", 415, "unsupported_image_mode", files=_img(_FLOAT_TIFF_NAN, "n.tif", "image/tiff"),
+        data={"text": "car"}),
+    Bad("int32_tiff_negative", 415, "unsupported_image_mode",
+        files=_img(_INT32_TIFF_NEGATIVE, "i.tif", "image/tiff"), data={"text": "car"}),
+    Bad("lab_tiff", 415, "unsupported_image_mode", files=_img(_LAB_TIFF, "lab.tif", "image/tiff"),
+        data={"text": "car"}),
+    Bad("images_float_tiff_upload", 415, "unsupported_image_mode",
+        files={"file": ("f.tif", _FLOAT_TIFF_OUT_OF_RANGE, "image/tiff")}, path=IMAGES),
+    # -- s3:// keys: too long, invalid characters, normalisable segments ----------------------------------------
+    Bad("pcs_s3_key_1025_bytes", 400, "url_key_too_long", json=_j(image=_s3("k" * 1025))),
+    Bad("pcs_s3_key_multibyte_over_1024_bytes", 400, "url_key_too_long", json=_j(image=_s3("\u00e9" * 600))),
+    Bad("pcs_s3_url_over_schema_ceiling", 400, "url_key_too_long", json=_j(image=_s3("k" * 5000))),
+    Bad("pcs_s3_key_control_char", 400, "invalid_url_key", json=_j(image=_s3("images/a\x01.png"))),
+    Bad("pcs_s3_key_dot_dot", 400, "invalid_url_key", json=_j(image=_s3("images/../other/a.png"))),
+    Bad("pcs_s3_key_lone_surrogate", 400, "invalid_url_key", json=_j(image=_s3("a\udc80.png"))),
+    Bad("pvs_s3_key_too_long", 400, "url_key_too_long", json={"image": _s3("k" * 2000), "objects": [_P]},
+        path=PVS),
+    Bad("auto_s3_key_double_slash", 400, "invalid_url_key", json={"image": _s3("a//b.png")}, path=AUTO),
+    Bad("images_s3_key_dot", 400, "invalid_url_key", json={"image": _s3("./a.png")}, path=IMAGES),
+    Bad("video_s3_key_too_long", 400, "url_key_too_long", json={"video": _s3("v" * 1100)}, path=VIDEO),
+    Bad("video_s3_key_newline", 400, "invalid_url_key", json={"video": _s3("videos/a\nb.mp4")}, path=VIDEO),
 ]

@@ -4,10 +4,15 @@ Each replica hosts one JobRunner (serve_app.jobs.runner) over the same Services 
 pcs_image job executes exactly the synchronous pipeline against the ConceptSegmenter deployment. The
 ingress calls `dispatch` right after a submit; the recovery loop of every replica re-runs jobs whose
 lease expired (their replica died) and queued jobs nobody picked up. All job state lives in storage.
+
+At start the replica probes that storage enforces conditional writes (ArtifactStore.conditional_writes).
+Where it does not, the replica stays up but claims nothing (JobService.claim and recovery refuse with
+`storage_not_conditional` and the store re-probes every minute): running jobs there would not be safe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -17,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import AppConfig
 from serve_app.jobs.runner import JobRunner
 from serve_app.pipelines.services import Services
+from serve_app.storage.base import ConditionalWrites
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,16 @@ class JobWorker:
             replica = "local"
         self.owner_id = f"{replica}-{uuid.uuid4().hex[:8]}"
         self.runner = JobRunner(self.services.jobs, self.services.jobs.kinds, self.owner_id, config.jobs)
+        try:  # bounded: a slow storage must not hold up the replica's start (the probe finishes in its thread)
+            writes = await asyncio.wait_for(asyncio.to_thread(self.services.store.conditional_writes), 10.0)
+        except asyncio.TimeoutError:
+            writes = ConditionalWrites("unknown", "the probe is still waiting for storage")
+        if writes.state == "not_enforced":
+            log.error("JobWorker %s claims no jobs: storage does not enforce conditional writes (%s)",
+                      self.owner_id, writes.reason)
+        elif writes.state == "unknown":
+            log.warning("JobWorker %s could not probe storage yet (%s); it will before claiming a job",
+                        self.owner_id, writes.reason)
         self.runner.start()  # the recovery loop, on this replica's event loop
         log.info("JobWorker %s ready (kinds: %s)", self.owner_id, ", ".join(self.services.jobs.kinds.names()))
 

@@ -170,13 +170,15 @@ def build_processors(tokenizer, image_size: int = IMAGE_SIZE):
 
 
 def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = False,
-                          object_score_bias: float = 0.0) -> Path:
+                          object_score_bias: float = 0.0, init_device: str = "cpu") -> Path:
     """Write the tiny checkpoint to `out_dir` (created) and return its path. Deterministic for a seed.
 
     full_size=True writes the real SAM 3 architecture with random weights instead (~3.4 GB, for GPU
     benchmarks: same cost as facebook/sam3, meaningless outputs). object_score_bias is added to the
     tracker's object-score head: with random weights the tracker otherwise says "no object" on every frame
-    (masks at -1024, SAM3_VIDEO.md pitfall 5); +10 makes clicks and tracking produce masks in tests."""
+    (masks at -1024, SAM3_VIDEO.md pitfall 5); +10 makes clicks and tracking produce masks in tests.
+    init_device: where the random weights are drawn ("cuda" makes a full-size build seconds instead of a
+    minute; the weights then differ from a CPU build of the same seed)."""
     import torch
     from transformers import Sam3VideoModel
 
@@ -185,7 +187,8 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_size: bool = 
     tokenizer = build_tokenizer()
     config = build_full_size_config(tokenizer) if full_size else build_config(tokenizer)
     torch.manual_seed(seed)
-    model = Sam3VideoModel(config).eval()
+    with torch.device(init_device):
+        model = Sam3VideoModel(config).eval()
     if object_score_bias:
         with torch.no_grad():
             model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += object_score_bias

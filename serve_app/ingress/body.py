@@ -1,10 +1,20 @@
-"""Reading request bodies within limits: size-capped raw reads, JSON and multipart forms."""
+"""Reading request bodies within limits: size-capped raw reads, JSON and multipart forms.
+
+JSON is parsed only after a linear, C-speed scan (numpy) of its nesting depth, so a body like `[[[[...`
+answers 400 json_too_deep instead of a RecursionError; numbers Python refuses to parse (integers of more
+than 4300 digits) answer 400 number_too_large. Schema violations become 422 validation_error, except
+the ones that have a stable 400 code of their own (`_ERROR_CODES`): a list over its schema ceiling gets the
+same code as over the configured limit (too_many_prompts, too_many_points, ...), invalid prompt text gets
+invalid_text.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
@@ -21,6 +31,22 @@ from serve_app.pipelines.image_library import base64_chars
 
 M = TypeVar("M", bound=BaseModel)
 _TRUE = ("1", "true", "yes", "on")
+MAX_JSON_DEPTH = 32  # the deepest request is ~6 ({"input": {"prompts": [{"boxes": [[...]]}]}})
+
+# (pydantic error type, last field name in its location) -> stable 400 code; None = any field.
+_ERROR_CODES: dict[tuple[str, str | None], str] = {
+    ("invalid_text", None): "invalid_text",
+    ("string_unicode", "url"): "invalid_url_key",
+    ("string_unicode", "text"): "invalid_text",  # a lone surrogate ("\\ud800" in JSON)
+    ("string_too_long", "text"): "text_too_long",
+    ("string_too_long", "url"): "url_key_too_long",
+    ("too_long", "prompts"): "too_many_prompts",
+    ("too_long", "boxes"): "too_many_boxes",
+    ("too_long", "box_labels"): "box_labels_mismatch",
+    ("too_long", "objects"): "too_many_objects",
+    ("too_long", "points"): "too_many_points",
+    ("too_long", "point_labels"): "point_labels_mismatch",
+}
 
 
 def image_body_limit(limits: LimitsConfig, extra_bytes: int = 1024 * 1024) -> int:
@@ -75,20 +101,77 @@ async def read_form_file(
 
 
 def parse_model(model: type[M], data: object) -> M:
-    """Validate `data` against a wire model; pydantic errors become a 422 with the field paths."""
+    """Validate `data` against a wire model. Pydantic errors become a 422 validation_error with the field
+    paths, or the 400 with a specific code that `_ERROR_CODES` gives the first error that has one."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(format_validation_errors(exc.errors())) from None
+        errors = exc.errors(include_url=False, include_input=False)
+        specific = _specific_error(errors)
+        if specific is not None:
+            raise specific from None
+        raise ValidationFailed(format_validation_errors(errors)) from None
+
+
+def _specific_error(errors: Sequence[Mapping[str, Any]]) -> InvalidInput | None:
+    for e in errors:
+        loc = e.get("loc", ())
+        field = loc[-1] if loc and isinstance(loc[-1], str) else None  # not an item: points[0] is no "points"
+        kind = str(e.get("type", ""))
+        code = _ERROR_CODES.get((kind, field)) or _ERROR_CODES.get((kind, None))
+        if code is not None:
+            return InvalidInput(format_validation_errors([e]), code)
+    return None
+
+
+def json_depth(raw: bytes | str) -> int:
+    """The deepest nesting of arrays/objects in JSON text (brackets inside strings do not count). Linear
+    and in C: drop escaped backslashes and quotes, keep only quotes and brackets, then numpy cumsums.
+    Exact for valid JSON; for invalid JSON any number (the parser rejects it anyway)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if not any(c in data for c in (b"[", b"{")):
+        return 0
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = np.frombuffer(data.translate(None, _NOT_STRUCTURAL), dtype=np.uint8)
+    if not kept.size:
+        return 0
+    quote = (kept == ord('"')).view(np.uint8)
+    inside = np.bitwise_xor.accumulate(quote) | quote  # a string's quotes and everything between them
+    step = np.where(inside == 0, _STEP[kept], 0).astype(np.int8)
+    return max(0, int(np.cumsum(step, dtype=np.int32).max()))
+
+
+_STRUCTURAL = b'"[]{}'
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in _STRUCTURAL)
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[[ord("["), ord("{")]] = 1
+_STEP[[ord("]"), ord("}")]] = -1
+
+
+def loads_json(raw: bytes | str, what: str = "request body") -> object:
+    """JSON text -> Python objects; every failure is a 400 with a code, never a 500 (RecursionError,
+    ValueError from Python's 4300-digit int limit)."""
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInput(f"{what} nests arrays/objects {depth} deep, limit {MAX_JSON_DEPTH}", "json_too_deep")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidInput(f"{what} nests arrays/objects too deep", "json_too_deep") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in {what}: {exc}", "malformed_json") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not UTF-8 encoded JSON", "malformed_json") from None
+    except ValueError as exc:  # int("1" * 5000): Python's integer string conversion limit
+        if "digits" in str(exc):
+            raise InvalidInput(f"{what} has a number with too many digits", "number_too_large") from None
+        raise InvalidInput(f"malformed JSON in {what}: {exc}", "malformed_json") from None
 
 
 def parse_json_body(raw: bytes) -> object:
     if not raw:
         raise InvalidInput("request body is empty", "empty_body")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", "malformed_json") from exc
+    return loads_json(raw)
 
 
 def content_kind(request: Request) -> str:

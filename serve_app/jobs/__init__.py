@@ -8,11 +8,11 @@
 """
 
 from serve_app.jobs.kinds import JobContext, JobKind, JobKindRegistry, JobOutput
-from serve_app.jobs.records import JobError, JobRecord, JobStatus
+from serve_app.jobs.records import JobError, JobRecord, JobStatus, UnreadableRecord
 from serve_app.jobs.runner import JobRunner
-from serve_app.jobs.service import JobService
+from serve_app.jobs.service import DueJob, JobService
 
 __all__ = [
-    "JobContext", "JobError", "JobKind", "JobKindRegistry", "JobOutput", "JobRecord", "JobRunner",
-    "JobService", "JobStatus",
+    "DueJob", "JobContext", "JobError", "JobKind", "JobKindRegistry", "JobOutput", "JobRecord", "JobRunner",
+    "JobService", "JobStatus", "UnreadableRecord",
 ]

@@ -37,14 +37,9 @@ from serve_app.config import ClickConfig, ModelConfig
 from serve_app.errors import InvalidInput, Sam3Error
 from serve_app.model.automatic import AutomaticMaskGenerator, check_auto_request
 from serve_app.model.embedding_cache import EmbeddingCache
-from serve_app.model.loading import (
-    TRACKER_KEY_MAPPING,
-    Placement,
-    load_pretrained,
-    resolve_placement,
-)
+from serve_app.model.loading import TRACKER_KEY_MAPPING, Placement, load_model
 from serve_app.model.prompt_geometry import check_points_and_box
-from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels
+from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels, to_device
 from serve_app.model.types import (
     AutoRequest,
     AutoResponse,
@@ -134,8 +129,8 @@ class ClickRunner:
         from transformers import Sam3TrackerModel
 
         click = click or ClickConfig()
-        placement = resolve_placement(model)
-        tracker = load_pretrained(Sam3TrackerModel, model, placement, key_mapping=TRACKER_KEY_MAPPING)
+        tracker, placement = load_model(Sam3TrackerModel, model, compile_targets=("vision_encoder",),
+                                        key_mapping=TRACKER_KEY_MAPPING)
         return cls(tracker, placement, model.model_id, cache_bytes=click.cache_bytes,
                    max_objects_per_forward=click.max_objects_per_forward)
 
@@ -191,7 +186,8 @@ class ClickRunner:
 
     def debug_stats(self) -> dict[str, Any]:
         cache = self.cache.stats().as_dict()
-        return {**self.counters.snapshot(), **{f"cache_{k}": v for k, v in cache.items()}}
+        return {**self.counters.snapshot(), **{f"cache_{k}": v for k, v in cache.items()},
+                "runtime": self.placement.describe()}
 
     def debug_reset(self) -> None:
         """Zero the counters and empty the embedding cache (the next click on any image is cold)."""
@@ -285,7 +281,7 @@ class ClickRunner:
 
     def _decode(self, requests, chunk: list[_Item], embeddings: dict[str, _Embedding]) -> dict[_Item, ObjectMasks]:
         """One mask-decoder call: batch dim = objects (each with its image's embedding), one object each."""
-        device, dtype, size = self.placement.device, self.placement.dtype, self.info.image_size
+        placement, size = self.placement, self.info.image_size
         objs = [requests[it.request].objects[it.obj] for it in chunk]
         embs = [embeddings[requests[it.request].cache_key] for it in chunk]
         levels = [torch.cat([e.levels[k] for e in embs]) for k in range(len(embs[0].levels))]
@@ -294,15 +290,15 @@ class ClickRunner:
         kwargs: dict[str, torch.Tensor] = {}
         if objs[0].points_xy is not None:  # chunks are homogeneous (see _chunks)
             pts = torch.from_numpy(np.stack([np.asarray(o.points_xy, np.float32) for o in objs]))  # (B,n,2)
-            kwargs["input_points"] = (pts * scale[:, None, :]).unsqueeze(1).to(device)
+            kwargs["input_points"] = to_device((pts * scale[:, None, :]).unsqueeze(1), placement)
             labels = np.stack([np.asarray(o.point_labels, np.int64) for o in objs])
-            kwargs["input_labels"] = torch.from_numpy(labels).unsqueeze(1).to(device)
+            kwargs["input_labels"] = to_device(torch.from_numpy(labels).unsqueeze(1), placement)
         if objs[0].box_xyxy is not None:
             boxes = torch.from_numpy(np.stack([np.asarray(o.box_xyxy, np.float32) for o in objs]))  # (B,4)
-            kwargs["input_boxes"] = (boxes * scale.repeat(1, 2)).unsqueeze(1).to(device)
+            kwargs["input_boxes"] = to_device((boxes * scale.repeat(1, 2)).unsqueeze(1), placement)
         if objs[0].mask_logits is not None:
             masks = torch.from_numpy(np.stack([np.asarray(o.mask_logits, np.float32) for o in objs]))
-            kwargs["input_masks"] = masks.unsqueeze(1).to(device, dtype)
+            kwargs["input_masks"] = to_device(masks.unsqueeze(1).to(placement.dtype), placement)
         multimask = requests[chunk[0].request].multimask_output
         self.counters.add(decoder_calls=1)
         res = self.model(image_embeddings=levels, multimask_output=multimask, **kwargs)

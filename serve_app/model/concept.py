@@ -28,8 +28,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from serve_app.config import ConceptConfig, ModelConfig
 from serve_app.errors import InvalidInput, Sam3Error
-from serve_app.model.loading import Placement, load_pretrained, load_tokenizer, resolve_placement
-from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels
+from serve_app.model.loading import Placement, load_model, load_tokenizer
+from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels, to_device
 from serve_app.model.types import ConceptInstances, ConceptRequest, ConceptResponse, ModelInfo
 
 TEXT_LENGTH = 32  # SAM 3 pads every prompt to 32 tokens
@@ -117,8 +117,9 @@ class ConceptRunner:
         from transformers import Sam3Model
 
         concept = concept or ConceptConfig()
-        placement = resolve_placement(model)
-        sam3 = load_pretrained(Sam3Model, model, placement)
+        # compile: the vision encoder only (the detector compiles too, but with graph breaks and a
+        # recompilation per pair count; it is the smaller cost)
+        sam3, placement = load_model(Sam3Model, model, compile_targets=("vision_encoder",))
         return cls(sam3, load_tokenizer(model), placement, model.model_id, text_cache_size=model.text_cache_size,
                    max_pairs_per_forward=concept.max_pairs_per_forward)
 
@@ -136,7 +137,8 @@ class ConceptRunner:
 
     def debug_stats(self) -> dict[str, Any]:
         return {**self.counters.snapshot(), "text_cache_size": len(self.text_cache),
-                "text_cache_hits": self.text_cache.hits, "text_cache_misses": self.text_cache.misses}
+                "text_cache_hits": self.text_cache.hits, "text_cache_misses": self.text_cache.misses,
+                "runtime": self.placement.describe()}
 
     def debug_reset(self) -> None:
         self.counters.reset()
@@ -206,8 +208,7 @@ class ConceptRunner:
                 yield group[i : i + self.max_pairs_per_forward]
 
     def _detect(self, requests, chunk: list[_Pair], vision, texts) -> dict[_Pair, ConceptInstances]:
-        device = self.placement.device
-        index = torch.tensor([x.request for x in chunk], device=device)
+        index = to_device(torch.tensor([x.request for x in chunk]), self.placement)
         vision_embeds = type(vision)(
             fpn_hidden_states=tuple(t.index_select(0, index) for t in vision.fpn_hidden_states),
             fpn_position_encoding=tuple(t.index_select(0, index) for t in vision.fpn_position_encoding),
@@ -253,5 +254,5 @@ class ConceptRunner:
             n = len(p.box_labels)
             boxes[i, :n] = torch.from_numpy(np.asarray(p.boxes_cxcywh, dtype=np.float32))
             labels[i, :n] = torch.from_numpy(np.asarray(p.box_labels, dtype=np.int64))
-        device = self.placement.device
-        return {"input_boxes": boxes.to(device, self.placement.dtype), "input_boxes_labels": labels.to(device)}
+        return {"input_boxes": to_device(boxes.to(self.placement.dtype), self.placement),
+                "input_boxes_labels": to_device(labels, self.placement)}

@@ -19,10 +19,10 @@ def check_points_and_box(points_xy: object, point_labels: object, box_xyxy: obje
     if points_xy is None and box_xyxy is None:
         raise InvalidInput(f"{where} needs points or a box", "empty_object")
     if points_xy is not None:
-        pts = np.asarray(points_xy, dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0 or not np.isfinite(pts).all():
+        pts = _floats(points_xy)
+        if pts is None or pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0 or not np.isfinite(pts).all():
             raise InvalidInput(f"{where}.points must be a non-empty list of finite [x, y]", "invalid_points")
-        labels = None if point_labels is None else np.asarray(point_labels)
+        labels = None if point_labels is None else _floats(point_labels)
         if labels is None or labels.shape != (len(pts),):
             raise InvalidInput(f"{where}: one point_label per point is required", "point_labels_mismatch")
         if not np.isin(labels, (0, 1)).all():
@@ -32,8 +32,19 @@ def check_points_and_box(points_xy: object, point_labels: object, box_xyxy: obje
     elif point_labels is not None:
         raise InvalidInput(f"{where}: point_labels without points", "point_labels_mismatch")
     if box_xyxy is not None:
-        box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
-        if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        box = _floats(box_xyxy)
+        if box is None or box.size != 4 or not np.isfinite(box).all():
+            raise InvalidInput(f"{where}.box must be 4 finite numbers [x0, y0, x1, y1]", "invalid_box")
+        box = box.reshape(4)
+        if box[2] <= box[0] or box[3] <= box[1]:  # zero area (x0 == x1 or y0 == y1) included
             raise InvalidInput(f"{where}.box needs x0 < x1 and y0 < y1", "invalid_box")
         if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
             raise InvalidInput(f"{where}.box must lie inside the {w}x{h} image", "box_outside_image")
+
+
+def _floats(values: object) -> np.ndarray | None:
+    """`values` as a float64 array, or None when it is not numeric or ragged (a client's fault, not a 500)."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -1,4 +1,5 @@
-"""What every runner shares: pixel normalisation, thread-safe counters and the device health probe.
+"""What every runner shares: host->device copies, pixel normalisation, thread-safe counters and the device
+health probe.
 
 No Ray, no FastAPI.
 """
@@ -14,10 +15,21 @@ import torch
 from serve_app.model.loading import Placement
 
 
+def to_device(tensor: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """A CPU tensor of a batch on the runner's device, same dtype. On CUDA (`placement.pinned_copies`) it is
+    copied into pinned memory and sent non-blocking: the host does not wait for the GPU's queued work, and the
+    copy is ordered before later kernels on the same stream (torch's pinned-memory allocator keeps the host
+    buffer alive until the copy is done). Elsewhere a plain `.to(device)`."""
+    if placement.pinned_copies and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(placement.device, non_blocking=True)
+    return tensor.to(placement.device)
+
+
 def normalize_pixels(pixels: list[np.ndarray], placement: Placement) -> torch.Tensor:
     """uint8 RGB images, each (S,S,3) -> float (B,3,S,S) on the runner's device and dtype, scaled to
-    [-1, 1] ((x/255 - 0.5) / 0.5: SAM 3's image processor mean/std of 0.5)."""
-    batch = torch.from_numpy(np.stack(pixels)).to(placement.device)
+    [-1, 1] ((x/255 - 0.5) / 0.5: SAM 3's image processor mean/std of 0.5). The uint8 batch is what crosses
+    to the device (4x fewer bytes than float), through `to_device`."""
+    batch = to_device(torch.from_numpy(np.stack(pixels)), placement)
     return batch.permute(0, 3, 1, 2).to(placement.dtype).div_(255.0).sub_(0.5).div_(0.5)
 
 

@@ -73,7 +73,8 @@ import torch.nn.functional as F
 
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidInput, NotFound, Unavailable
-from serve_app.model.loading import Placement, load_pretrained, local_files_only, resolve_placement
+from serve_app.model import transformers_fixes
+from serve_app.model.loading import Placement, load_model, local_files_only
 from serve_app.model.prompt_geometry import check_points_and_box
 from serve_app.model.video_types import (
     CHECKPOINT_FORMAT,
@@ -197,6 +198,7 @@ class VideoRunner:
             max_num_objects=int(model.max_num_objects),
         )
         _guard_reconditioning(model)
+        transformers_fixes.install()  # NMS / association IoU without an (N, M, H*W) int64 tensor
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, score_threshold_detection: float | None = None,
@@ -207,11 +209,13 @@ class VideoRunner:
         new_det_thresh=0, a small max_num_objects and hotstart_delay=0."""
         from transformers import Sam3TrackerVideoProcessor, Sam3VideoModel, Sam3VideoProcessor
 
-        placement = resolve_placement(cfg)
         overrides = {k: v for k, v in dict(score_threshold_detection=score_threshold_detection,
                                            new_det_thresh=new_det_thresh, max_num_objects=max_num_objects,
                                            hotstart_delay=hotstart_delay).items() if v is not None}
-        model = load_pretrained(Sam3VideoModel, cfg, placement, **overrides)
+        # compile: the ViT backbone, the one module both vision paths call (the detector's
+        # get_vision_features and this runner's per-frame backbone call)
+        model, placement = load_model(Sam3VideoModel, cfg, compile_targets=("detector_model.vision_encoder.backbone",),
+                                      **overrides)
         local = local_files_only(cfg)
         try:
             processor = Sam3VideoProcessor.from_pretrained(cfg.model_id, revision=cfg.revision or "main",

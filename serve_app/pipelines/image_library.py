@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 
 from serve_app.codecs.image_decode import DecodedImage, check_content_type, decode_image
 from serve_app.config import LimitsConfig, StorageConfig
@@ -40,13 +41,28 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
         raise InvalidInput("image.base64 is not valid base64", "invalid_base64") from exc
 
 
+MAX_S3_KEY_BYTES = 1024  # S3's own limit on a key (UTF-8)
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` -> (bucket, key). Raises InvalidInput for anything else."""
+    """`s3://bucket/key` -> (bucket, key). Raises InvalidInput for anything else: unsupported_url (not
+    s3://bucket/key), url_key_too_long (key over 1024 UTF-8 bytes), invalid_url_key (not UTF-8, control
+    characters, or `.`/`..`/empty path segments that a server or proxy could normalise)."""
     if not url.startswith("s3://"):
         raise InvalidInput("image.url must be s3://bucket/key", "unsupported_url")
     bucket, _, key = url[len("s3://"):].partition("/")
     if not bucket or not key:
         raise InvalidInput("image.url must be s3://bucket/key", "unsupported_url")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput("the url's key is not valid Unicode", "invalid_url_key") from None
+    if size > MAX_S3_KEY_BYTES:
+        raise InvalidInput(f"the url's key is {size} bytes, S3 allows {MAX_S3_KEY_BYTES}", "url_key_too_long")
+    if _KEY_CONTROL.search(key) or any(seg in ("", ".", "..") for seg in key.split("/")):
+        raise InvalidInput("the url's key has control characters or empty, '.' or '..' segments",
+                           "invalid_url_key")
     return bucket, key
 
 

@@ -9,9 +9,9 @@ Imports only serve_app.config and serve_app.errors (plus boto3 for S3).
 from __future__ import annotations
 
 from serve_app.config import StorageConfig
-from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
+from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, ConditionalWrites, PresignedRequest
 
-__all__ = ["ArtifactStore", "Blob", "BlobInfo", "PresignedRequest", "open_store"]
+__all__ = ["ArtifactStore", "Blob", "BlobInfo", "ConditionalWrites", "PresignedRequest", "open_store"]
 
 
 def open_store(cfg: StorageConfig) -> ArtifactStore:

@@ -14,6 +14,16 @@ Semantics every backend guarantees (tests/integration/test_storage_contract.py c
   path segments, which differs only between sibling names like `jobs-x` and `jobs/` (a name that extends
   another with a character below `/`). The key layout never lists across such siblings.
 
+Conditional writes are checked, not assumed: an S3-compatible server (or an old botocore) may accept
+`If-None-Match`/`If-Match` and ignore them, which would make every job transition unconditional (double
+runs, lost cancels). `probe_conditional_writes` tries them on a fresh key under the reserved `sys/` prefix
+(`keys.probe_key`, deleted afterwards): create-if-absent must succeed on a new key and fail on an existing
+one, If-Match with a wrong ETag must fail and leave the object as it was, If-Match with the right ETag must
+succeed. `conditional_writes()` caches the verdict per store (a negative one is re-checked every
+CONDITIONAL_RECHECK_S, so a fixed server is picked up without a restart); `require_conditional_writes()` is
+what jobs call before they create or claim anything: it raises Unavailable with code
+`storage_not_conditional` (Retry-After CONDITIONAL_RECHECK_S) while the store does not enforce them.
+
 The methods block (network or disk I/O). From asyncio code call them through `asyncio.to_thread`,
 e.g. `blob = await asyncio.to_thread(store.get, key)`; stores are thread-safe.
 """
@@ -21,10 +31,23 @@ e.g. `blob = await asyncio.to_thread(store.get, key)`; stores are thread-safe.
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
-from serve_app.errors import InvalidInput, NotFound
+from serve_app.errors import InvalidInput, NotFound, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.storage.keys import probe_key
+
+log = logging.getLogger("serve_app.storage")
+
+CONDITIONAL_RECHECK_S = 60  # a store found not to enforce conditional writes is probed again after this
+_UNREACHABLE_RECHECK_S = 5.0  # a probe that could not reach storage is not retried sooner (callers get 503)
+_PROBE_LOCK = threading.Lock()  # probes are rare (once per store, then on failure): one at a time per process
 
 
 @dataclass(frozen=True)
@@ -68,8 +91,21 @@ class PresignedRequest:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class ConditionalWrites:
+    """The verdict on a store's conditional writes: `enforced`, `not_enforced` (with the `reason`), or
+    `unknown` (not probed yet, or storage unreachable: `reason` says which)."""
+
+    state: Literal["enforced", "not_enforced", "unknown"]
+    reason: str = ""
+
+
 class ArtifactStore(abc.ABC):
     """Blocking object storage; see the module docstring for the contract."""
+
+    # The cached probe verdict (set by conditional_writes, under _PROBE_LOCK): (enforced, reason, monotonic time).
+    _conditional_verdict: tuple[bool, str, float] | None = None
+    _conditional_unreachable: tuple[Unavailable, float] | None = None
 
     @abc.abstractmethod
     def put(
@@ -126,3 +162,85 @@ class ArtifactStore(abc.ABC):
         The signature covers `content_type` and, when given, the exact `content_length`: a client that
         sends another type or size is rejected by the storage (403), which is how a size limit is enforced.
         """
+
+    # -- conditional writes: checked at start, not assumed ----------------------------------------
+
+    def probe_conditional_writes(self) -> str | None:
+        """Check now that this store enforces If-None-Match / If-Match on put; None if it does, else what it
+        failed to enforce. Uses and then deletes a fresh key under `sys/`. Raises Unavailable if storage
+        cannot be reached (no verdict)."""
+        key = probe_key()
+        try:
+            try:
+                etag = self.put(key, b"probe-1", "text/plain", if_none_match=True)
+            except PreconditionFailed:
+                return "a create-if-absent write (If-None-Match: *) of a new key was refused"
+            try:
+                self.put(key, b"probe-2", "text/plain", if_none_match=True)
+                return "If-None-Match: * on an existing key was not enforced (the write replaced the object)"
+            except PreconditionFailed:
+                pass
+            try:
+                self.put(key, b"probe-3", "text/plain", if_match=f'"{secrets.token_hex(16)}"')
+                return "If-Match with a wrong ETag was not enforced (the write replaced the object)"
+            except PreconditionFailed:
+                pass
+            if self.get(key).data != b"probe-1":
+                return "a write refused with 412 Precondition Failed changed the object anyway"
+            try:
+                self.put(key, b"probe-4", "text/plain", if_match=etag)
+            except PreconditionFailed:
+                return "If-Match with the object's own ETag (as returned by the put) was refused"
+            return None
+        finally:
+            with contextlib.suppress(Sam3Error):
+                self.delete(key)
+
+    def conditional_writes(self, probe: bool = True) -> ConditionalWrites:
+        """The cached verdict; with `probe`, runs the probe first when there is none yet (or a negative one is
+        older than CONDITIONAL_RECHECK_S). Never raises: storage unreachable is `unknown`."""
+        try:
+            enforced, reason = self._verdict(probe)
+        except Unavailable as exc:
+            return ConditionalWrites("unknown", f"object storage is unreachable: {exc.message}")
+        except _NotProbed:
+            return ConditionalWrites("unknown", "not probed yet")
+        return ConditionalWrites("enforced") if enforced else ConditionalWrites("not_enforced", reason)
+
+    def require_conditional_writes(self) -> None:
+        """Return if this store enforces conditional writes (probing once if needed), else raise Unavailable
+        (code `storage_not_conditional`, Retry-After CONDITIONAL_RECHECK_S). Raises Unavailable
+        (storage_unavailable) while storage cannot be reached to find out."""
+        enforced, reason = self._verdict(True)
+        if not enforced:
+            raise Unavailable(
+                f"jobs are refused: object storage does not enforce conditional writes ({reason}); "
+                "use an S3-compatible server that does", "storage_not_conditional",
+                retry_after_s=CONDITIONAL_RECHECK_S,
+            )
+
+    def _verdict(self, probe: bool) -> tuple[bool, str]:
+        with _PROBE_LOCK:
+            now = time.monotonic()
+            cached = self._conditional_verdict
+            if cached is not None and (cached[0] or not probe or now - cached[2] < CONDITIONAL_RECHECK_S):
+                return cached[0], cached[1]
+            if not probe:
+                raise _NotProbed()
+            unreachable = self._conditional_unreachable
+            if unreachable is not None and now - unreachable[1] < _UNREACHABLE_RECHECK_S:
+                raise unreachable[0]
+            try:
+                problem = self.probe_conditional_writes()
+            except Unavailable as exc:
+                self._conditional_unreachable = (exc, time.monotonic())
+                raise
+            self._conditional_unreachable = None
+            self._conditional_verdict = (problem is None, problem or "", time.monotonic())
+            if problem is not None:
+                log.error("object storage does not enforce conditional writes: %s; jobs are refused", problem)
+            return problem is None, problem or ""
+
+
+class _NotProbed(Exception):
+    """conditional_writes(probe=False) before any probe ran."""

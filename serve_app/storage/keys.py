@@ -19,6 +19,10 @@ added by the backend) and always start with the tenant:
     t/{tenant}/sessions/{sid}/masks/{i:06d}.json  a computed frame's objects (RLE), for playback and exports
     t/{tenant}/videos/{sha256}                 a source video, content-addressed
     t/{tenant}/exports/{export_id}.zip         dataset exports
+    t/{tenant}/quarantine/{key}                an unreadable object moved aside (`key` without its t/{tenant}/),
+                                               e.g. quarantine/jobs/{job_id}/record.json
+    sys/probes/conditional-writes/{id}         reserved prefix `sys/` (outside every tenant): the start-up
+                                               probe of conditional writes (storage/base.py), deleted after
 
 Every id that reaches a key is either generated here (`new_id`, `new_job_id`) or validated against
 `[A-Za-z0-9_-]{1,64}` (sha256: 64 lowercase hex), so no client string can add a `/`, a `..` or another
@@ -74,6 +78,22 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     if not all(_SEGMENT.fullmatch(segment) for segment in body.split("/")):
         raise InvalidInput(f"unsafe storage key {key!r}", "invalid_key")
     return key
+
+
+RESERVED_PREFIX = "sys/"  # the service's own objects; tenants live under t/, so no tenant key is ever here
+
+
+def probe_key() -> str:
+    """A fresh key for one probe of the storage's conditional writes (ArtifactStore.probe_conditional_writes)."""
+    return f"{RESERVED_PREFIX}probes/conditional-writes/{new_id()}"
+
+
+def quarantine_key(tenant: str, key: str) -> str:
+    """Where an unreadable object `key` of `tenant` is moved aside: `t/{tenant}/quarantine/{rest of key}`."""
+    head = tenant_prefix(tenant)
+    if not key.startswith(head) or key.startswith(head + "quarantine/"):
+        raise InvalidInput(f"{key!r} is not a key of tenant {tenant} outside its quarantine", "invalid_key")
+    return check_key(f"{head}quarantine/{key[len(head):]}")
 
 
 def new_id() -> str:

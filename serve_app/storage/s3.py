@@ -6,6 +6,8 @@
 - Resilience: botocore "adaptive" retries (`storage.max_attempts` attempts, client-side rate limiting when
   throttled), per-attempt `connect_timeout_s` / `read_timeout_s`, a pool of `max_pool_connections`.
 - Conditional writes: `IfNoneMatch="*"` / `IfMatch=etag` on PutObject (AWS since 2024, MinIO, SeaweedFS).
+  botocore knows IfNoneMatch from 1.35.2 and IfMatch from 1.35.69 (hence `boto3>=1.35.69`); the start-up
+  probe (base.py) reports an older botocore, and a server that ignores the headers, as not enforced.
   A conditional write retried after a lost response may report PreconditionFailed although it landed:
   callers treat PreconditionFailed as "re-read and decide" (JobService does), never as "nothing changed".
 - Presigned URLs: SigV4 query signatures; a PUT signs Content-Type (and Content-Length when given).
@@ -20,12 +22,22 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import boto3
+import botocore
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from botocore.utils import determine_content_length
 
 from serve_app.config import StorageConfig
-from serve_app.errors import Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Sam3Error,
+    Unavailable,
+)
 from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
 from serve_app.storage.keys import check_key
 
@@ -34,6 +46,9 @@ if TYPE_CHECKING:  # boto3-stubs (dev extra): request shapes as TypedDicts
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+# GetObject on an `s3://` input: the client's object or key is the problem (4xx), not our storage.
+_FOREIGN_STATE_CODES = {"InvalidObjectState", "InvalidRequest"}  # archived; SSE-C object without its key
+_FOREIGN_KEY_CODES = {"KeyTooLongError", "InvalidURI", "InvalidObjectName", "InvalidArgument"}
 _UNAVAILABLE_CODES = {  # throttling and server-side trouble that a later retry can fix
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "ServiceUnavailable", "InternalError", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
@@ -125,6 +140,17 @@ class S3Store(ArtifactStore):
 
     # -- ArtifactStore -----------------------------------------------------------------------------
 
+    def probe_conditional_writes(self) -> str | None:
+        """As the base probe, after checking that this botocore can send the conditions at all (an older one
+        raises ParamValidationError on every conditional put)."""
+        shape = self._client.meta.service_model.operation_model("PutObject").input_shape
+        members = shape.members if shape is not None else {}
+        missing = [name for name in ("IfNoneMatch", "IfMatch") if name not in members]
+        if missing:
+            return (f"botocore {botocore.__version__} cannot send {' or '.join(missing)} on PutObject "
+                    "(install boto3>=1.35.69)")
+        return super().probe_conditional_writes()
+
     def put(self, key, data, content_type="application/octet-stream", *, if_none_match=False, if_match=None):
         if if_none_match and if_match is not None:
             raise ValueError("use if_none_match or if_match, not both")
@@ -157,6 +183,11 @@ class S3Store(ArtifactStore):
                     raise Forbidden(f"the service may not read {url}", "url_forbidden") from exc
                 if code == "NoSuchBucket":
                     raise NotFound(f"no bucket {bucket}", "object_not_found") from exc
+                if code in _FOREIGN_STATE_CODES:  # e.g. archived (Glacier) until restored: never a 503 to retry
+                    raise Conflict(f"{url} cannot be read in its current state ({code})", "url_object_unreadable") \
+                        from exc
+                if code in _FOREIGN_KEY_CODES:
+                    raise InvalidInput(f"object storage rejected the key of {url} ({code})", "invalid_url_key") from exc
                 raise
             if resp["ContentLength"] > max_bytes:
                 resp["Body"].close()

@@ -8,7 +8,6 @@ from transformers.models.sam3_video import modeling_sam3_video
 from serve_app.model import transformers_fixes
 
 
-
 def reference_mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """transformers' formula, written out (the module attribute may already be patched in this process)."""
     n, h, w = pred.shape

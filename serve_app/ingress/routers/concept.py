@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from serve_app.errors import InvalidInput
 from serve_app.ingress.body import (
     content_kind,
     form_bool,
     image_body_limit,
+    loads_json,
     parse_model,
     read_form_file,
     read_json_model,
@@ -84,11 +83,8 @@ async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: i
     data, form = await read_form_file(request, ("image",), max_file_bytes=max_image_bytes, body_limit=body_limit,
                                       max_fields=64)
     raw: dict[str, Any] = {k: form.get(k) for k in _OPTION_FIELDS if form.get(k) not in (None, "")}
-    if "prompts" in form:
-        try:
-            raw["prompts"] = json.loads(str(form.get("prompts")))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise InvalidInput(f"field 'prompts' is not valid JSON: {exc}", "malformed_json") from exc
+    if "prompts" in form:  # 400 malformed_json / json_too_deep / number_too_large, never a 500
+        raw["prompts"] = loads_json(str(form.get("prompts")), "field 'prompts'")
     else:
         raw["prompts"] = [{"text": t} for t in form.getlist("text")]
     if "overlay" in raw:

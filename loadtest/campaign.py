@@ -1,0 +1,480 @@
+"""One-command performance campaign: every model-only number of the service on this machine, plus the served
+numbers where Ray is installed. JSON + a Markdown table + PNG plots in one folder; the table is printed.
+
+    python loadtest/campaign.py --model full-random --out-dir DIR      # a GPU machine: ~6 min on one H100
+    python loadtest/campaign.py --model tiny --out-dir /tmp/campaign   # CPU, tiny checkpoint: a few minutes
+
+--out-dir defaults to $OUT when set (the lent GPU machine collects that folder), else
+loadtest/results/campaign-<model>. `full-random` builds the real SAM 3 architecture with random weights
+(facebook/sam3's cost, meaningless masks) on the machine itself: no download.
+
+The model-only part needs only torch + transformers + numpy + cv2 + pydantic + pycocotools (the GPU machine
+has no Ray and no network, shared/notes/GPU_RUNS.md); the served part runs when `ray` imports and
+--skip-served is not given. Sections run in order, each bounded by what is left of --budget-s (a section
+that would not fit is recorded as skipped) and each failure is recorded, not fatal: a run always leaves its
+JSON. While a section runs on CUDA, GPU busy % and memory are sampled with NVML (nvidia-ml-py).
+
+Sections: environment, checkpoint (build), cold_start (checkpoint on local disk -> runner ready -> first
+answer), concept (batch curve 1-16 at 1 and 2 prompts), concept_variants (CUDA: dtype/TF32/attention/
+torch.compile at batch 1 and 8), click (cold/warm/batched clicks, automatic masks), video (frames/s per
+workload, concurrent sessions per GPU), mask_encoding (CPU), served (floor, concept, click over HTTP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bench_concept
+import campaign_model as cm
+from bench_common import REPO, pyplot
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Variants of the concept model measured on CUDA: ModelConfig overrides (a field this version lacks is
+# recorded as that variant's error).
+VARIANTS: dict[str, dict] = {
+    "bf16 sdpa (default)": {"dtype": "bfloat16"},
+    "bf16 eager attention": {"dtype": "bfloat16", "attn_implementation": "eager"},
+    "fp32 + TF32": {"dtype": "float32", "tf32": True},
+    "fp32 no TF32": {"dtype": "float32", "tf32": False},
+    "bf16 torch.compile": {"dtype": "bfloat16", "compile": "default"},
+}
+
+
+class GpuSampler:
+    """Samples GPU utilisation (%) and used memory (MiB) of device 0 every `interval_s` with NVML, in a thread.
+    A no-op (empty stats) when NVML or a GPU is missing."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.busy: list[int] = []
+        self.mem_mb: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no NVML, no GPU: sampling is optional
+            self._nvml = None
+
+    def __enter__(self) -> GpuSampler:
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        nv = self._nvml
+        while not self._stop.wait(self.interval_s):
+            self.busy.append(nv.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self.mem_mb.append(nv.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+
+    def stats(self) -> dict:
+        if not self.busy:
+            return {}
+        return {"gpu_busy_mean_pct": round(sum(self.busy) / len(self.busy), 1), "gpu_busy_samples": len(self.busy),
+                "gpu_mem_used_max_mb": round(max(self.mem_mb), 1)}
+
+
+class Campaign:
+    """Runs sections within a time budget and keeps the result file up to date after each one."""
+
+    def __init__(self, out_dir: Path, budget_s: float, header: dict, only: set[str] | None = None):
+        self.out_dir = out_dir
+        self.only = only
+        self.deadline = time.monotonic() + budget_s
+        self.result: dict[str, Any] = {**header, "sections": {}}
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def section(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0) -> Any:
+        """Run fn under the GPU sampler and record {result, wall_s, gpu stats} or {error} or {skipped}."""
+        if self.only is not None and name not in self.only | {"environment", "checkpoint"}:
+            return None
+        if self.left_s() < needs_s:
+            self.result["sections"][name] = {"skipped": f"needs ~{needs_s:.0f} s, {self.left_s():.0f} s left"}
+            print(f"== {name}: skipped ({self.result['sections'][name]['skipped']})", flush=True)
+            self.save()
+            return None
+        print(f"== {name} ({self.left_s():.0f} s left)", flush=True)
+        t0 = time.monotonic()
+        value = None
+        with GpuSampler() as gpu:
+            try:
+                value = fn()
+                entry: dict[str, Any] = {"result": value}
+            except Exception as exc:  # noqa: BLE001 - one failing section must not lose the others
+                traceback.print_exc()
+                entry = {"error": f"{type(exc).__name__}: {exc}"}
+        entry.update(wall_s=round(time.monotonic() - t0, 1), **gpu.stats())
+        self.result["sections"][name] = entry
+        self.save()
+        return value
+
+    def get(self, name: str) -> Any:
+        return self.result["sections"].get(name, {}).get("result")
+
+    def save(self) -> None:
+        (self.out_dir / "campaign.json").write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+
+
+def free_cuda() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def environment(device: str) -> dict:
+    import torch
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "cpus": os.cpu_count(), "machine": platform.platform(), "ray": ray_installed()}
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                   capability=f"{p.major}.{p.minor}")
+    return env
+
+
+def build_checkpoint(model: str, device: str) -> str:
+    from serve_app.devtools.tiny_model import build_tiny_checkpoint
+
+    # +10 on the tracker's object-score head: random trackers otherwise say "no object" on every frame, so
+    # clicks and video would track nothing (same checkpoint as bench_video's).
+    path = build_tiny_checkpoint(tempfile.mkdtemp(prefix="campaign-ckpt-"), full_size=model == "full-random",
+                                 object_score_bias=10.0, init_device=device)
+    return str(path)
+
+
+def cold_start(model_dir: str, device: str) -> dict:
+    """Seconds from a checkpoint on local disk to a runner that answered its first request, per runner."""
+
+    from serve_app.config import ModelConfig
+    from serve_app.model.click import ClickRunner
+    from serve_app.model.concept import ConceptRunner
+    from serve_app.model.video import VideoRunner
+
+    sync = cm.synchronizer(device)
+    out = {}
+    t0 = time.perf_counter()
+    runner = ConceptRunner.from_config(ModelConfig(model_id=model_dir, device=device))
+    sync()
+    t1 = time.perf_counter()
+    runner.segment_batch(cm.concept_requests(runner, 1, 1))
+    sync()
+    out["concept"] = {"load_s": t1 - t0, "first_answer_s": time.perf_counter() - t1}
+    del runner
+    for name, load in (("click", lambda: ClickRunner.from_config(ModelConfig(model_id=model_dir, device=device))),
+                       ("video", lambda: VideoRunner.from_config(ModelConfig(model_id=model_dir, device=device)))):
+        free_cuda()
+        t0 = time.perf_counter()
+        r = load()
+        sync()
+        out[name] = {"load_s": time.perf_counter() - t0}
+        del r
+    free_cuda()
+    for name, row in out.items():
+        print(f"cold    {name:8s} load {row['load_s']:6.2f} s" +
+              (f"  first answer {row['first_answer_s']:6.2f} s" if "first_answer_s" in row else ""), flush=True)
+    return out
+
+
+def concept_section(model_dir: str, device: str, iters: int, batch_sizes: tuple[int, ...]) -> dict:
+
+    from serve_app.config import ModelConfig
+    from serve_app.model.concept import ConceptRunner
+
+    runner = ConceptRunner.from_config(ModelConfig(model_id=model_dir, device=device))
+    try:
+        return {"runtime": cm.runtime_facts(runner),
+                "curve": {f"{p}_prompts": cm.concept_curve(runner, batch_sizes, p, iters, "default") for p in (1, 2)}}
+    finally:
+        del runner
+        free_cuda()
+
+
+def concept_variants(camp: Campaign, model_dir: str, device: str, iters: int) -> dict:
+
+    from serve_app.config import ModelConfig
+    from serve_app.model.concept import ConceptRunner
+
+    out: dict[str, Any] = {}
+    for name, overrides in VARIANTS.items():
+        needs = 120.0 if "compile" in overrides else 30.0
+        if camp.left_s() < needs:
+            out[name] = {"skipped": f"{camp.left_s():.0f} s left"}
+            continue
+        try:
+            t0 = time.perf_counter()
+            runner = ConceptRunner.from_config(ModelConfig(model_id=model_dir, device=device, **overrides))
+            load_s = time.perf_counter() - t0
+            out[name] = {"overrides": overrides, "load_s": load_s, "runtime": cm.runtime_facts(runner),
+                         "curve": cm.concept_curve(runner, (1, 8), 2, iters, name)}
+            del runner
+        except Exception as exc:  # noqa: BLE001 - recorded per variant
+            out[name] = {"overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"concept {name}: {out[name]['error']}", flush=True)
+        free_cuda()
+    return out
+
+
+def click_section(model_dir: str, device: str, iters: int) -> dict:
+
+    from serve_app.config import ClickConfig, ModelConfig
+    from serve_app.model.click import ClickRunner
+
+    runner = ClickRunner.from_config(ModelConfig(model_id=model_dir, device=device),
+                                     ClickConfig(cache_bytes=4 * 1024**3))
+    try:
+        return {"runtime": cm.runtime_facts(runner), **cm.click_rows(runner, iters)}
+    finally:
+        del runner
+        free_cuda()
+
+
+def video_section(model_dir: str, device: str, frames: int, full: bool) -> dict:
+
+    from serve_app.config import ModelConfig
+    from serve_app.model.video import VideoRunner
+
+    runner = VideoRunner.from_config(ModelConfig(model_id=model_dir, device=device), score_threshold_detection=0.0,
+                                     new_det_thresh=0.0, max_num_objects=10, hotstart_delay=0)
+    h, w = (480, 640) if full else (120, 160)
+    try:
+        return {"runtime": cm.runtime_facts(runner),
+                **cm.video_rows(runner, cm.synthetic_video(frames, h, w),
+                             [("clicks", 1), ("clicks", 5), ("text", 1), ("text", 5)],
+                             (1, 2, 4), ("text", 5))}
+    finally:
+        del runner
+        free_cuda()
+
+
+def served_section(model_dir: str, cuda: bool, quick: bool) -> dict:
+    """The served benchmarks in this process's Ray: floor, concept and click over real HTTP."""
+    import bench_click
+
+    return {"concept": bench_concept.bench_served(model_dir, 2, 2 if quick else 4, 1 if cuda else 0),
+            "click": bench_click.bench_served(model_dir, 20 if quick else 50, 5 if quick else 10, 1 if cuda else 0)}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def dig(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if isinstance(d, dict):
+            d = d.get(k)
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def summary_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(what, metric, value) rows of the Markdown table."""
+    s = result["sections"]
+    rows: list[tuple[str, str, str]] = []
+    for name, r in (dig(s, "cold_start", "result") or {}).items():
+        extra = f" + first answer {r['first_answer_s']:.2f} s" if "first_answer_s" in r else ""
+        rows.append((f"cold start {name}", "load from local disk", f"{r['load_s']:.2f} s{extra}"))
+    concept = dig(s, "concept")
+    for key in ("1_prompts", "2_prompts"):
+        curve = dig(concept, "result", "curve", key) or []
+        if curve:
+            best = max(curve, key=lambda r: r["images_per_s"])
+            rows.append((f"concept model-only, {key[0]} prompt(s)", "batch 1 p50",
+                         f"{curve[0]['p50_ms']:.1f} ms ({curve[0]['images_per_s']:.1f} img/s)"))
+            rows.append((f"concept model-only, {key[0]} prompt(s)", "peak throughput",
+                         f"{best['images_per_s']:.1f} img/s at batch {best['batch_size']}"))
+    if concept and "gpu_busy_mean_pct" in concept:
+        rows.append(("concept model-only curve", "GPU busy (NVML mean)",
+                     f"{concept['gpu_busy_mean_pct']}% (max {concept['gpu_mem_used_max_mb']:.0f} MiB used)"))
+    for name, v in (dig(s, "concept_variants", "result") or {}).items():
+        curve = v.get("curve")
+        value = (f"bs1 {curve[0]['p50_ms']:.1f} ms, bs8 {curve[1]['images_per_s']:.1f} img/s" if curve
+                 else v.get("error") or v.get("skipped", "—"))
+        rows.append((f"concept variant: {name}", "2 prompts", value[:120]))
+    click = dig(s, "click", "result") or {}
+    for key, label in (("cold_click", "cold click (encoder + decoder) p50"),
+                       ("warm_click_1_objects", "warm click, 1 object p50"),
+                       ("warm_click_16_objects", "warm click, 16 objects p50"),
+                       ("automatic_16x16", "automatic masks 16x16 p50"),
+                       ("automatic_32x32", "automatic masks 32x32 p50")):
+        if key in click:
+            rows.append(("click model-only", label, f"{click[key]['p50_ms']:.1f} ms"))
+    for key in sorted(k for k in click if k.startswith("warm_batch_")):
+        rows.append(("click model-only", f"{key.split('_')[-1]} warm clicks in one batch",
+                     f"{click[key]['p50_ms']:.1f} ms ({click[key]['clicks_per_s']:.0f} clicks/s)"))
+    video = dig(s, "video", "result") or {}
+    for r in video.get("single", []):
+        mem = f", session {r['session_resident_mb']:.0f} MiB" if "session_resident_mb" in r else ""
+        rows.append((f"video {r['workload']} {r['objects']} obj", "frames/s (1 session)",
+                     f"{r['fps']:.1f} (first new frame {r['first_new_frame_ms']:.0f} ms{mem})"))
+    for r in video.get("concurrent", []):
+        rows.append((f"video {r['sessions']} sessions, {r['workload']} {r['objects']} obj", "aggregate frames/s",
+                     f"{r['aggregate_fps']:.1f} ({r['per_session_fps']:.1f} per session)"))
+    for r in dig(s, "mask_encoding", "result") or []:
+        rows.append((f"mask encoding {r['masks']} masks {r['width']}x{r['height']}", "p50 (CPU), old -> new",
+                     f"{r['old']['p50_ms']:.1f} -> {r['new']['p50_ms']:.1f} ms (x{r['speedup_p50']:.1f})"))
+    served = dig(s, "served", "result") or {}
+    for r in served.get("concept", []) if isinstance(served.get("concept"), list) else []:
+        rows.append((f"concept served, {r['concurrency']} clients", "p50",
+                     f"{r['p50_ms']:.1f} ms ({r['requests_per_s']:.1f} req/s)"))
+    for name, entry in s.items():
+        if "error" in entry or "skipped" in entry:
+            rows.append((name, "not measured", (entry.get("error") or entry.get("skipped", ""))[:120]))
+    return rows
+
+
+def markdown(result: dict) -> str:
+    env = dig(result, "sections", "environment", "result") or {}
+    device = env.get("gpu") or f"CPU ({env.get('cpus')} cores)"
+    lines = [f"# Campaign: {result['model']} on {device}", "",
+             f"Command: `{result['command']}`  ", f"torch {env.get('torch')}, transformers {env.get('transformers')}, "
+             f"python {env.get('python')}; wall {result.get('wall_s', 0):.0f} s", "",
+             "| what | metric | value |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(result)]
+    return "\n".join(lines) + "\n"
+
+
+def plots(result: dict, out_dir: Path) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    s = result["sections"]
+    curve = dig(s, "concept", "result", "curve") or {}
+    if curve:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for key, rows in curve.items():
+            axes[0].plot([r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], "o-", label=key)
+            axes[1].plot([r["batch_size"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=key)
+        axes[0].set(xlabel="batch size", ylabel="images/s", title="concept model-only throughput")
+        axes[1].set(xlabel="batch size", ylabel="ms per batch (p50)", title="latency")
+        for ax in axes:
+            ax.legend()
+        fig.suptitle(f"{result['model']} — {dig(s, 'environment', 'result', 'gpu') or 'CPU'}")
+        fig.tight_layout()
+        fig.savefig(out_dir / "campaign_concept.png", dpi=100)
+        plt.close(fig)
+    video = dig(s, "video", "result") or {}
+    if video.get("concurrent"):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        rows = video["concurrent"]
+        ax.plot([r["sessions"] for r in rows], [r["aggregate_fps"] for r in rows], "o-", label="aggregate")
+        ax.plot([r["sessions"] for r in rows], [r["per_session_fps"] for r in rows], "s--", label="per session")
+        ax.set(xlabel="concurrent sessions", ylabel="frames/s", title="video propagation")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "campaign_video.png", dpi=100)
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["tiny", "full-random"], default="tiny")
+    parser.add_argument("--model-dir", help="use this checkpoint directory instead of building one")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--out-dir", default=os.environ.get("OUT"))
+    parser.add_argument("--budget-s", type=float, default=420.0, help="time for all sections (skips what won't fit)")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations per point (default 10 GPU, 5 CPU)")
+    parser.add_argument("--frames", type=int, default=None, help="video frames (default 32 GPU, 12 CPU)")
+    parser.add_argument("--skip-served", action="store_true", help="model-only sections (default without Ray)")
+    parser.add_argument("--quick", action="store_true", help="fewer points (CI smoke test)")
+    parser.add_argument("--only", help="comma-separated sections to run (environment and checkpoint always run)")
+    args = parser.parse_args(argv)
+    import torch
+
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("campaign: --device cuda but torch sees no CUDA device")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    out_dir = Path(args.out_dir or REPO / "loadtest" / "results" / f"campaign-{args.model}")
+    header = {"command": " ".join(["python"] + sys.argv), "model": args.model, "device": device,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    camp = Campaign(out_dir, args.budget_s, header, only=set(args.only.split(",")) if args.only else None)
+    t0 = time.monotonic()
+    camp.section("environment", lambda: environment(device))
+    model_dir = args.model_dir or camp.section("checkpoint", lambda: build_checkpoint(args.model, device))
+    if model_dir is None:
+        sys.exit("campaign: no checkpoint (see campaign.json)")
+    try:
+        run_sections(camp, args, model_dir, device)
+    finally:
+        if not args.model_dir:  # a built full-random checkpoint is 3.4 GB
+            shutil.rmtree(model_dir, ignore_errors=True)
+    camp.result["wall_s"] = time.monotonic() - t0
+    camp.save()
+    plots(camp.result, out_dir)
+    table = markdown(camp.result)
+    (out_dir / "campaign.md").write_text(table)
+    print(table, flush=True)
+    print(f"wrote {out_dir}/campaign.json, campaign.md and plots", flush=True)
+
+
+def run_sections(camp: Campaign, args: argparse.Namespace, model_dir: str, device: str) -> None:
+    cuda = device == "cuda"
+    iters = args.iters or (10 if cuda else 5)
+    if args.quick:
+        iters = min(iters, 2)
+    batch_sizes = (1, 2) if args.quick else (1, 2, 4, 8, 16)
+    camp.section("cold_start", lambda: cold_start(model_dir, device), needs_s=20)
+    camp.section("concept", lambda: concept_section(model_dir, device, iters, batch_sizes), needs_s=30)
+    camp.section("click", lambda: click_section(model_dir, device, iters), needs_s=30)
+    frames = args.frames or (32 if cuda else 12)
+    camp.section("video", lambda: video_section(model_dir, device, 6 if args.quick else frames,
+                                                args.model == "full-random"), needs_s=40)
+    camp.section("mask_encoding", lambda: bench_concept.bench_masks(2 if args.quick else 5), needs_s=20)
+    if cuda and not args.quick:
+        camp.section("concept_variants", lambda: concept_variants(camp, model_dir, device, iters), needs_s=30)
+    if not args.skip_served and ray_installed():
+        camp.section("served", lambda: served_section(model_dir, cuda, args.quick), needs_s=60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Model-only measurements of the campaign (loadtest/campaign.py): the runners of serve_app.model in this
+process, no Ray, no HTTP. Needs only torch + transformers + numpy + cv2 + pydantic (+ pycocotools for mask
+encoding), because the GPU machine has no Ray and no network (shared/notes/GPU_RUNS.md).
+
+Every function takes a built runner (or a checkpoint dir), returns JSON-able rows and prints one line per
+row. Latencies are wall-clock ms around the call with CUDA synchronised before and after, so they include
+host-side pre/post-processing (what a replica pays), not only kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from bench_common import summary
+
+TEXTS = ("car", "person", "dog", "tree", "red shirt", "bicycle", "cat", "house")
+W, H = 1024, 768  # image size of the image benchmarks (a typical 4:3 photo)
+
+
+def test_image(width: int, height: int, seed: int) -> np.ndarray:
+    """uint8 (height, width, 3) RGB: 8x8-pixel blocks of seeded noise (compresses like a photo, not flat)."""
+    rng = np.random.RandomState(seed)
+    img = (rng.rand(height // 8 + 1, width // 8 + 1, 3) * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.kron(img, np.ones((8, 8, 1), np.uint8))[:height, :width])
+
+
+def synchronizer(device_type: str) -> Callable[[], None]:
+    """torch.cuda.synchronize on CUDA, a no-op on CPU."""
+    import torch
+
+    return torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+
+
+def timed(fn: Callable[[int], Any], n: int, sync: Callable[[], None], warmup: int = 2) -> list[float]:
+    """ms of fn(i) for i in range(n), after `warmup` untimed calls; CUDA synchronised around each call."""
+    for i in range(warmup):
+        fn(i)
+    sync()
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        sync()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def runtime_facts(runner) -> dict:
+    """What a runner runs on: device, dtype and whatever runtime options its info reports."""
+    facts = {"device": str(runner.placement.device), "dtype": str(runner.placement.dtype).replace("torch.", "")}
+    describe = getattr(runner.placement, "describe", None)  # attention, compile, TF32, pinned copies
+    if describe is not None:
+        facts.update({k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in describe().items()})
+    info = getattr(runner, "info", None)
+    if dataclasses.is_dataclass(info) and not isinstance(info, type):
+        facts.update({k: v for k, v in dataclasses.asdict(info).items() if isinstance(v, (str, int, float, bool))})
+    return facts
+
+
+# ------------------------------------------------------------------------------------------------ concept
+
+
+def concept_requests(runner, batch_size: int, prompts: int, seed: int = 0) -> list:
+    """batch_size ConceptRequests of distinct 1024x768 images with `prompts` text prompts each."""
+    from serve_app.codecs.image_decode import resize_square
+    from serve_app.model.types import ConceptPrompt, ConceptRequest
+
+    size = runner.info.image_size
+    return [ConceptRequest(resize_square(test_image(W, H, seed + i), size), (H, W),
+                           tuple(ConceptPrompt(TEXTS[(i + k) % len(TEXTS)]) for k in range(prompts)), 0.5, 100)
+            for i in range(batch_size)]
+
+
+def concept_curve(runner, batch_sizes: tuple[int, ...], prompts: int, iters: int, label: str = "") -> list[dict]:
+    """ConceptRunner.segment_batch on B images x P prompts: ms per batch, images/s, the replica's own timings."""
+    sync = synchronizer(runner.placement.device.type)
+    rows = []
+    for bs in batch_sizes:
+        reqs = concept_requests(runner, bs, prompts)
+        outs: list = []
+        lat = timed(lambda i: outs.append(runner.segment_batch(reqs)), iters, sync)
+        own = outs[-1][0].timings_ms
+        row = {"batch_size": bs, "prompts_per_image": prompts, **summary(lat),
+               "images_per_s": bs * 1e3 / float(np.median(lat)),
+               "replica_timings_ms": {k: round(float(v), 2) for k, v in own.items()}}
+        rows.append(row)
+        print(f"concept {label:18s} bs={bs:2d} p={prompts}  p50={row['p50_ms']:8.1f} ms  "
+              f"{row['images_per_s']:8.1f} img/s", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ clicks
+
+
+def click_rows(runner, iters: int, concurrent: tuple[int, ...] = (1, 4, 8)) -> dict:
+    """ClickRunner: vision encoder per image (cold click = encoder + decoder), warm clicks with 1/4/16 objects
+    (decoder only, embedding cached), `concurrent` warm clicks on different images in one batch (what the
+    ClickSegmenter's @serve.batch forms under load), automatic masks on a cached embedding."""
+    from serve_app.codecs.image_decode import resize_square
+    from serve_app.model.types import AutoRequest, ClickObject, ClickRequest
+
+    sync = synchronizer(runner.placement.device.type)
+    size = runner.info.image_size
+    n_images = iters + 2 + max(concurrent)
+    pixels = [resize_square(test_image(W, H, i), size) for i in range(n_images)]
+    one = (ClickObject(np.array([[W / 2, H / 2]], np.float32), np.array([1])),)
+    rows: dict[str, Any] = {}
+
+    def cold(i: int) -> None:
+        out = runner.segment_batch([ClickRequest(f"cold{i}", one, pixels[i], (H, W))])
+        assert not isinstance(out[0], Exception), out[0]
+
+    rows["cold_click"] = summary(timed(cold, iters, sync))
+    warm_keys = [f"cold{i}" for i in range(2, 2 + max(concurrent))]  # embeddings the cold loop left cached
+    for key, i in zip(warm_keys, range(2, 2 + max(concurrent))):
+        runner.segment_batch([ClickRequest(key, one, pixels[i], (H, W))])
+    for n in (1, 4, 16):
+        objs = tuple(ClickObject(np.array([[10.0 + 50 * k, 20.0 + 30 * k]], np.float32), np.array([1]))
+                     for k in range(n))
+        rows[f"warm_click_{n}_objects"] = summary(
+            timed(lambda i, objs=objs: runner.segment_batch([ClickRequest(warm_keys[0], objs)]), iters * 2, sync))
+    for c in concurrent:
+        batch = [ClickRequest(k, one) for k in warm_keys[:c]]
+        lat = timed(lambda i, batch=batch: runner.segment_batch(batch), iters, sync)
+        rows[f"warm_batch_{c}"] = {**summary(lat), "clicks_per_s": c * 1e3 / float(np.median(lat))}
+    for side in (16, 32):
+        req = AutoRequest(warm_keys[0], points_per_side=side, points_per_batch=64, pred_iou_thresh=0.0,
+                          stability_score_thresh=0.0)
+        rows[f"automatic_{side}x{side}"] = summary(timed(lambda i, req=req: runner.generate_masks(req),
+                                                         max(3, iters // 4), sync, warmup=1))
+    for name, row in rows.items():
+        print(f"click   {name:24s} p50={row['p50_ms']:8.2f} ms", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+
+def synthetic_video(n: int, h: int, w: int) -> np.ndarray:
+    """uint8 (n,h,w,3): a red disc moving right and a blue square moving down on a textured background."""
+    yy, xx = np.mgrid[:h, :w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        img = np.full((h, w, 3), 128, np.uint8)
+        img[(yy // 8 + xx // 8) % 2 == 0] = 112
+        p = i / max(1, n - 1)
+        cx, cy, r = 0.1 * w + 0.7 * w * p, 0.35 * h, 0.15 * h
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (220, 30, 30)
+        s, x0, y0 = h // 5, int(0.6 * w), int(0.05 * h + 0.6 * h * p)
+        img[y0:y0 + s, x0:x0 + s] = (30, 30, 220)
+        frames[i] = img
+    return frames
+
+
+def grid_points(n: int, h: int, w: int) -> list[list[float]]:
+    cols = int(np.ceil(np.sqrt(n * w / h)))
+    rows = int(np.ceil(n / cols))
+    return [[(0.5 + k % cols) * w / cols, (0.5 + k // cols) * h / rows] for k in range(n)]
+
+
+def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
+               concurrent: tuple[int, ...], concurrent_workload: tuple[str, int]) -> dict:
+    """VideoSession propagation. workloads: ("clicks", N) = N clicked objects, ("text", N) = one text prompt
+    with the detector capped at N objects (random weights + detection threshold 0 detect N) — frames/s of one session, first-frame latency, state bytes and
+    (CUDA) peak memory. concurrent: S sessions propagating at once from S threads (one GPU): aggregate
+    frames/s — how many sessions one GPU carries."""
+    import torch
+
+    from serve_app.model.video_types import FrameSource, VideoObjectPrompt
+
+    cuda = runner.placement.device.type == "cuda"
+    sync = synchronizer(runner.placement.device.type)
+    n, h, w = frames.shape[:3]
+    source = FrameSource.from_array(frames)
+    cap = runner.model.max_num_objects
+
+    def prompted(kind: str, k: int):
+        session = runner.new_session(source)
+        if kind == "clicks":
+            objs = [VideoObjectPrompt(i + 1, np.array([p], np.float32), np.array([1]), None, None, False)
+                    for i, p in enumerate(grid_points(k, h, w))]
+            session.add_objects(0, objs)
+        else:
+            session.add_text(0, "red disc")
+        return session
+
+    def propagate(session) -> list[float]:
+        steps, last = [], time.perf_counter()
+        for _ in session.propagate(0, "forward"):
+            sync()
+            now = time.perf_counter()
+            steps.append((now - last) * 1e3)
+            last = now
+        return steps
+
+    out: dict[str, Any] = {"frames": n, "size": f"{w}x{h}", "single": [], "concurrent": []}
+    try:
+        warm = prompted("clicks", 1)  # lazy initialisation is not measured
+        for _ in warm.propagate(0, "forward", max_frames=3):
+            pass
+        del warm
+        for kind, k in workloads:
+            runner.model.max_num_objects = k
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            session = prompted(kind, k)
+            sync()
+            prompt_ms = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
+            steps = propagate(session)
+            total = time.perf_counter() - t1
+            row = {"workload": kind, "objects": k, "objects_tracked": len(session.object_ids),
+                   "prompt_ms": prompt_ms, "first_new_frame_ms": steps[0] + steps[1], "fps": len(steps) / total,
+                   "frame_ms": summary(steps[1:]), "state_bytes": session.state_nbytes()}
+            if cuda:
+                row["session_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                row["session_resident_mb"] = (torch.cuda.memory_allocated() - base) / 2**20
+            out["single"].append(row)
+            print(f"video   {kind:12s} {k:2d} obj (tracked {row['objects_tracked']:2d})  "
+                  f"prompt={prompt_ms:7.1f} ms  {row['fps']:7.1f} frames/s", flush=True)
+            del session
+        kind, k = concurrent_workload
+        runner.model.max_num_objects = k
+        for s in concurrent:
+            sessions = [prompted(kind, k) for _ in range(s)]
+            sync()
+            counts = [0] * s
+            errors: list[BaseException] = []
+
+            def run(j: int) -> None:
+                try:
+                    for _ in sessions[j].propagate(0, "forward"):
+                        counts[j] += 1
+                except BaseException as exc:  # noqa: BLE001 - reported in the row
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(j,)) for j in range(s)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sync()
+            wall = time.perf_counter() - t0
+            row = {"sessions": s, "workload": kind, "objects": k, "frames": sum(counts),
+                   "aggregate_fps": sum(counts) / wall, "per_session_fps": sum(counts) / wall / s,
+                   "errors": [repr(e) for e in errors]}
+            if cuda:
+                row["allocated_mb"] = torch.cuda.memory_allocated() / 2**20
+            out["concurrent"].append(row)
+            print(f"video   {s} sessions {kind} {k} obj  aggregate {row['aggregate_fps']:7.1f} frames/s", flush=True)
+            sessions.clear()  # free their state before the next count
+    finally:
+        runner.model.max_num_objects = cap
+    return out
