@@ -20,7 +20,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from serve_app.errors import InvalidImage, PayloadTooLarge, Sam3Error, UnsupportedMediaType
 
@@ -85,7 +85,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         if w * h > max_pixels:
             raise PayloadTooLarge(f"image is {w}x{h} = {w * h} pixels, limit {max_pixels}", "image_too_many_pixels")
         img.load()  # the first frame of an animated / multi-page image: the one we use
-        upright = ImageOps.exif_transpose(img)
+        # exif_transpose copies the whole image even when there is nothing to rotate: ask first
+        upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
         rgb = to_rgb(upright)
     except Sam3Error:
         raise
@@ -108,6 +109,8 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in _CONVERTIBLE_MODES and "transparency" in img.info and mode != "CMYK":
         img, mode = img.convert("RGBA"), "RGBA"  # a transparency key (tRNS / GIF): composite like alpha
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)  # convert("RGB") would copy the image once more
     if mode in _CONVERTIBLE_MODES:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     if mode in _ALPHA_MODES:
@@ -124,6 +127,14 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         return _gray_to_rgb(_scale_float(np.asarray(img, dtype=np.float32)))
     raise UnsupportedMediaType(f"pixel format {mode} is not supported (use 8- or 16-bit RGB or grayscale)",
                                "unsupported_image_mode")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, also when absent or unreadable), as ImageOps.exif_transpose reads it."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except (TypeError, ValueError):
+        return 0  # unreadable: let exif_transpose decide
 
 
 def _scale_16bit(values: np.ndarray, mode: str) -> np.ndarray:
