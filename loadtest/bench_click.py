@@ -18,36 +18,42 @@ Sections
   * upload: POST /v1/images with precompute (store + encode);
   * concurrent: C clients clicking on C different warm images: latency and clicks/s.
   The ClickSegmenter's vision-encoder counter is recorded to show warm clicks never ran the encoder.
+  model_work_warm: the replica's own timing of each warm click's decoder (timings_ms.decoder_ms).
+- floor: in the same Ray, after the served part: bench_floor.run_floor (the same topology and payloads,
+  no model work); its JSON click route is the warm click's floor.
+- overhead: (warm click p50 - model-only 1-object click p50) / floor click p50, and warm click p50 - model work.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import VIDEO_IDLE, base_parser, pyplot, setup, summary, write_result
-
-W, H = 1024, 768
-
-
-def test_image(seed: int) -> np.ndarray:
-    rng = np.random.RandomState(seed)
-    img = (rng.rand(H // 8 + 1, W // 8 + 1, 3) * 255).astype(np.uint8)
-    return np.ascontiguousarray(np.kron(img, np.ones((8, 8, 1), np.uint8))[:H, :W])
-
-
-def jpeg(seed: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(test_image(seed)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from bench_common import (
+    VIDEO_IDLE,
+    DeployError,
+    H,
+    W,
+    app_cpus,
+    base_parser,
+    deploy_or_fail,
+    free_port,
+    jpeg,
+    overhead,
+    print_overhead,
+    pyplot,
+    setup,
+    start_ray,
+    stop_ray,
+    summary,
+    test_image,
+    write_result,
+)
 
 
 def click_body(image_id: str, i: int, objects: int = 1) -> dict:
@@ -77,7 +83,7 @@ def bench_model(model_dir: str, iters: int, device: str) -> dict:
     runner = ClickRunner.from_config(ModelConfig(model_id=model_dir, device=device), ClickConfig(cache_bytes=4 * 1024**3))
     cuda = runner.placement.device.type == "cuda"
     size = runner.info.image_size
-    pixels = [resize_square(test_image(i), size) for i in range(iters + 2)]
+    pixels = [resize_square(test_image(seed=i), size) for i in range(iters + 2)]
 
     def sync():
         if cuda:
@@ -114,20 +120,20 @@ def bench_model(model_dir: str, iters: int, device: str) -> dict:
     return rows
 
 
-def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dict:
-    import ray
+def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float, *, floor_iters: int = 0,
+                 deploy_timeout_s: float = 300.0) -> dict:
+    """One local Ray: the sam3 app (build_app, file:// storage) over HTTP, then (floor_iters > 0) the floor app
+    of bench_floor.py with the same payloads (its `click` route: JSON in, a small object to the model
+    deployment, small JSON out). Fails (DeployError) instead of hanging when a replica cannot be placed."""
+    import shutil
+
     import requests
     from ray import serve
 
     from serve_app.app import build_app
 
-    tmp = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
     store = tempfile.mkdtemp(prefix="bench-store-")
-    os.environ["RAY_TMPDIR"] = tmp
-    # logical CPUs > cores: ingress, concept, click and job-worker replicas must all be placeable
-    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    port = 18766
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = free_port()
     # concept + click share one GPU in the benchmark (0.5 each) so a single-GPU machine runs it
     gpu = {"num_gpus": num_gpus / 2, "num_cpus": 1}
     args = {"model": {"model_id": model_dir}, "storage": {"uri": f"file://{store}"},
@@ -135,7 +141,14 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
             "click": {"replica": {**gpu, "max_ongoing_requests": 64}, "cache_bytes": 4 * 1024**3},
             "observability": {"debug_interface": True},  # debug_stats: the vision-encoder counter
             "video": VIDEO_IDLE}
-    serve.run(build_app(args), name="sam3", route_prefix="/")
+    # logical CPUs for every replica of the app (+2 for the floor app); a 2-core box gets more than its cores
+    tmp = start_ray(app_cpus(args) + 2, port)
+    try:
+        deploy_or_fail(build_app(args), name="sam3", route_prefix="/", timeout_s=deploy_timeout_s)
+    except BaseException:
+        stop_ray(tmp)
+        shutil.rmtree(store, ignore_errors=True)
+        raise
     base = f"http://127.0.0.1:{port}"
     handle = serve.get_deployment_handle("ClickSegmenter", app_name="sam3")
     session = requests.Session()
@@ -162,6 +175,9 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
         # where a warm click's time goes, as the ingress measured it (means, ms); the rest of the HTTP
         # latency is the client, the Serve proxy and the proxy -> ingress hop
         out["warm_click_breakdown_ms"] = {k: statistics.fmean(p.get(k, 0.0) for p in parts) for k in parts[0]}
+        # the model work of a warm click, as the replica timed it: the decoder on the cached embedding
+        # (vision_ms of a warm click is the cache lookup, ~0.2 ms: not model work)
+        out["model_work_warm"] = summary([p.get("decoder_ms", 0.0) for p in parts])
         out["warm_click_4_objects"] = summary(timed(lambda i: click(warm_id, i, 4), clicks // 2))
         out["warm_vision_calls"] = handle.debug_stats.remote().result()["vision_calls"] - before
         print("served warm click breakdown  " + "  ".join(
@@ -201,9 +217,15 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float) -> dic
                   f"batch={row['mean_batch_size']:.2f}", flush=True)
         out["concurrent_warm_clicks"] = conc_rows
         out["replica_stats"] = handle.debug_stats.remote().result()
+        if floor_iters > 0:
+            from bench_floor import run_floor
+
+            size = handle.info.remote().result().image_size
+            serve.delete("sam3")  # the floor runs alone, like the service did
+            out["floor"] = run_floor(port, size=size, iters=floor_iters)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_ray(tmp)
+        shutil.rmtree(store, ignore_errors=True)
     return out
 
 
@@ -243,11 +265,26 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="model-only iterations")
     parser.add_argument("--clicks", type=int, default=100, help="warm clicks over HTTP")
     parser.add_argument("--cold", type=int, default=20, help="cold images (first click each)")
+    parser.add_argument("--floor-iters", type=int, default=50, help="floor requests at 1 client (0: no floor)")
+    parser.add_argument("--deploy-timeout", type=float, default=300.0, help="seconds for the app to be RUNNING")
     args = parser.parse_args()
     model_dir, cuda, header = setup(args)
     result = {**header, "image": f"{W}x{H} JPEG", "model_only": bench_model(model_dir, args.iters, args.device)}
     if not args.skip_served:
-        result["served"] = bench_served(model_dir, args.clicks, args.cold, 1 if cuda else 0)
+        try:
+            result["served"] = bench_served(model_dir, args.clicks, args.cold, 1 if cuda else 0,
+                                            floor_iters=args.floor_iters, deploy_timeout_s=args.deploy_timeout)
+        except DeployError as exc:
+            sys.exit(f"bench_click: {exc}")
+        served = result["served"]
+        if "floor" in served:
+            result["floor"] = served.pop("floor")
+            result["overhead"] = overhead(served["warm_click"]["p50_ms"],
+                                          result["model_only"]["click_1_objects"]["p50_ms"],
+                                          result["floor"]["click"]["c1"]["p50_ms"],
+                                          served["model_work_warm"]["p50_ms"])
+            print_overhead("warm click, 1 object, 1 client (model-only: decoder on a cached embedding; floor: JSON "
+                           "click)", result["overhead"])
     write_result(result, args.out, plot)
 
 

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import base_parser, pyplot, setup, summary, write_result
+from bench_common import DeployError, base_parser, deploy_or_fail, pyplot, setup, summary, write_result
 
 TEXT = "red disc"
 STATE_SIZE = (48, 64)  # (h, w) of the synthetic frames of the state measurement
@@ -329,30 +329,10 @@ class Served:
                       "checkpoint_after_propagate": True, "manager": {"num_cpus": 0.5}, "limits": limits},
         }
         self.app_args = app_args
-        errors: list[BaseException] = []
-
-        def deploy() -> None:
-            try:
-                serve.run(build_app(app_args), name="sam3", route_prefix="/")
-            except BaseException as exc:  # noqa: BLE001  (reported by the waiting thread)
-                errors.append(exc)
-
-        threading.Thread(target=deploy, daemon=True).start()  # serve.run waits forever for unschedulable replicas
-        deadline = time.monotonic() + self.args.deploy_timeout
-        while True:
-            if errors:
-                raise BenchError(f"serve.run failed: {errors[0]!r}")
-            app = serve.status().applications.get("sam3")
-            if app is not None and app.status == "RUNNING":
-                break
-            if app is not None and app.status == "DEPLOY_FAILED":
-                raise BenchError(f"the app failed to deploy: {app.message}")
-            if time.monotonic() > deadline:
-                detail = "; ".join(f"{name}: {d.status} {d.message}" for name, d in app.deployments.items()) \
-                    if app is not None else "no application status"
-                raise BenchError(f"the app is not RUNNING after {self.args.deploy_timeout:g}s ({detail}); "
-                                 f"available {ray.available_resources()}")
-            time.sleep(0.5)
+        try:  # bounded: replicas Ray cannot place end the run with what they need vs what the cluster has
+            deploy_or_fail(build_app(app_args), name="sam3", route_prefix="/", timeout_s=self.args.deploy_timeout)
+        except DeployError as exc:
+            raise BenchError(str(exc)) from exc
         self.base = f"http://127.0.0.1:{self.port}"
         self.manager = serve.get_deployment_handle("SessionManager", app_name="sam3")
         from serve_app.config import AppConfig, StorageConfig

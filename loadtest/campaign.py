@@ -280,7 +280,8 @@ def video_section(model_dir: str, device: str, frames: int, full: bool) -> dict:
     try:
         return {"runtime": cm.runtime_facts(runner),
                 **cm.video_rows(runner, cm.synthetic_video(frames, h, w),
-                             [("clicks", 1), ("clicks", 5), ("text", 1), ("text", 5)],
+                             [("clicks", 1, True), ("clicks", 5, True), ("clicks", 5, False), ("text", 1, True),
+                              ("text", 5, True), ("text", 5, False)],
                              (1, 2, 4), ("text", 5))}
     finally:
         del runner
@@ -347,7 +348,8 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     video = dig(s, "video", "result") or {}
     for r in video.get("single", []):
         mem = f", session {r['session_resident_mb']:.0f} MiB" if "session_resident_mb" in r else ""
-        rows.append((f"video {r['workload']} {r['objects']} obj", "frames/s (1 session)",
+        tracker = "" if r["objects"] == 1 else (", batched tracker" if r.get("batched", True) else ", per-object loop")
+        rows.append((f"video {r['workload']} {r['objects']} obj{tracker}", "frames/s (1 session)",
                      f"{r['fps']:.1f} (first new frame {r['first_new_frame_ms']:.0f} ms{mem})"))
     for r in video.get("concurrent", []):
         rows.append((f"video {r['sessions']} sessions, {r['workload']} {r['objects']} obj", "aggregate frames/s",

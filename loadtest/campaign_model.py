@@ -16,17 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from bench_common import summary
-
-TEXTS = ("car", "person", "dog", "tree", "red shirt", "bicycle", "cat", "house")
-W, H = 1024, 768  # image size of the image benchmarks (a typical 4:3 photo)
-
-
-def test_image(width: int, height: int, seed: int) -> np.ndarray:
-    """uint8 (height, width, 3) RGB: 8x8-pixel blocks of seeded noise (compresses like a photo, not flat)."""
-    rng = np.random.RandomState(seed)
-    img = (rng.rand(height // 8 + 1, width // 8 + 1, 3) * 255).astype(np.uint8)
-    return np.ascontiguousarray(np.kron(img, np.ones((8, 8, 1), np.uint8))[:height, :width])
+from bench_common import TEXTS, H, W, summary, test_image
 
 
 def synchronizer(device_type: str) -> Callable[[], None]:
@@ -163,12 +153,13 @@ def grid_points(n: int, h: int, w: int) -> list[list[float]]:
     return [[(0.5 + k % cols) * w / cols, (0.5 + k // cols) * h / rows] for k in range(n)]
 
 
-def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
+def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int, bool]],
                concurrent: tuple[int, ...], concurrent_workload: tuple[str, int]) -> dict:
-    """VideoSession propagation. workloads: ("clicks", N) = N clicked objects, ("text", N) = one text prompt
-    with the detector capped at N objects (random weights + detection threshold 0 detect N) — frames/s of one session, first-frame latency, state bytes and
-    (CUDA) peak memory. concurrent: S sessions propagating at once from S threads (one GPU): aggregate
-    frames/s — how many sessions one GPU carries."""
+    """VideoSession propagation. workloads: ("clicks", N, batched) = N clicked objects, ("text", N, batched) =
+    one text prompt with the detector capped at N objects (random weights + detection threshold 0 detect N);
+    batched = the runner's batched tracker (else transformers' per-object loop) — frames/s of one session,
+    first-frame latency, state bytes and (CUDA) peak memory. concurrent: S sessions propagating at once from
+    S threads (one GPU, batched tracker): aggregate frames/s — how many sessions one GPU carries."""
     import torch
 
     from serve_app.model.video_types import FrameSource, VideoObjectPrompt
@@ -177,7 +168,7 @@ def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
     sync = synchronizer(runner.placement.device.type)
     n, h, w = frames.shape[:3]
     source = FrameSource.from_array(frames)
-    cap = runner.model.max_num_objects
+    cap, batch_default = runner.model.max_num_objects, runner.batch_objects
 
     def prompted(kind: str, k: int):
         session = runner.new_session(source)
@@ -204,8 +195,9 @@ def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
         for _ in warm.propagate(0, "forward", max_frames=3):
             pass
         del warm
-        for kind, k in workloads:
+        for kind, k, batched in workloads:
             runner.model.max_num_objects = k
+            runner.batch_objects = batched
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -217,18 +209,19 @@ def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
             t1 = time.perf_counter()
             steps = propagate(session)
             total = time.perf_counter() - t1
-            row = {"workload": kind, "objects": k, "objects_tracked": len(session.object_ids),
+            row = {"workload": kind, "objects": k, "batched": batched, "objects_tracked": len(session.object_ids),
                    "prompt_ms": prompt_ms, "first_new_frame_ms": steps[0] + steps[1], "fps": len(steps) / total,
                    "frame_ms": summary(steps[1:]), "state_bytes": session.state_nbytes()}
             if cuda:
                 row["session_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
                 row["session_resident_mb"] = (torch.cuda.memory_allocated() - base) / 2**20
             out["single"].append(row)
-            print(f"video   {kind:12s} {k:2d} obj (tracked {row['objects_tracked']:2d})  "
+            print(f"video   {kind:6s} {k:2d} obj {'batched' if batched else 'loop':7s} (tracked {row['objects_tracked']:2d})  "
                   f"prompt={prompt_ms:7.1f} ms  {row['fps']:7.1f} frames/s", flush=True)
             del session
         kind, k = concurrent_workload
         runner.model.max_num_objects = k
+        runner.batch_objects = True
         for s in concurrent:
             sessions = [prompted(kind, k) for _ in range(s)]
             sync()
@@ -260,4 +253,5 @@ def video_rows(runner, frames: np.ndarray, workloads: list[tuple[str, int]],
             sessions.clear()  # free their state before the next count
     finally:
         runner.model.max_num_objects = cap
+        runner.batch_objects = batch_default
     return out

@@ -1,7 +1,10 @@
 """`sam3-serve` command line. Subcommands:
 
   sam3-serve run [--model-id ID_OR_DIR] [--storage-uri URI] [--config serve_config.yaml] [--host H] [--port P]
-      `serve run` on the config file with the model id / storage / HTTP address overridden (local development).
+                 [--pending-timeout SECONDS]
+      `serve run` on the config file with the model id / storage / HTTP address overridden (local development),
+      run in this process; replicas Ray cannot place end it after --pending-timeout (exit 2, with what they
+      need vs what the cluster has), a failed deployment at once (exit 1). Ctrl-C stops it (exit 0).
 
   sam3-serve cluster-status [-n NAMESPACE] [--name RAYSERVICE] [--kubeconfig PATH] [--dashboard-url URL]
       Print the deployment state as JSON; exit 0 when ready, 1 otherwise.
@@ -32,7 +35,6 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
-    import shutil
     import tempfile
 
     import yaml
@@ -53,10 +55,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fd, path = tempfile.mkstemp(prefix="sam3-serve-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
-    serve_bin = shutil.which("serve") or "serve"
     print(f"serve run {path}  (model_id={args.model_id or 'from config'})", flush=True)
-    os.execvp(serve_bin, [serve_bin, "run", path])  # replaces this process: Ctrl-C reaches serve directly
-    return 1
+    pending_timeout = args.pending_timeout if args.pending_timeout > 0 else None
+    return _serve_run(config, pending_timeout)
+
+
+def _serve_run(config: dict, pending_timeout_s: float | None) -> int:
+    """What `serve run CONFIG` does (Ray, Serve with the config's HTTP/proxy options, the config's
+    applications deployed by the controller), but the wait for the applications is bounded: replicas that
+    Ray cannot place for `pending_timeout_s` end the command (exit 2) with `replicas pending: X needs 1 GPU,
+    cluster has 0`; DEPLOY_FAILED ends it with exit 1. Then it serves until Ctrl-C (exit 0), like `serve run`."""
+    import time
+
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_private
+    from ray.serve._private.constants import SERVE_NAMESPACE
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.cluster.local import DeployFailed, NotRunning, wait_running
+
+    schema = ServeDeploySchema.model_validate(config)
+    if "." not in sys.path:  # as `serve run` (--app-dir .): import paths resolve from the working directory
+        sys.path.insert(0, ".")
+    if not ray.is_initialized():
+        ray.init(namespace=SERVE_NAMESPACE)  # RAY_ADDRESS joins a running cluster, else a local one starts
+    try:
+        client = serve_private.serve_start(
+            http_options=schema.http_options.model_dump(),
+            proxy_location=schema.proxy_location,
+            grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+            controller_options=schema.controller_options,
+        )
+        client.deploy_apps(schema, _blocking=False)
+        print("Submitted deploy config; waiting for the applications"
+              + (f" (replicas pending for {pending_timeout_s:g} s end the run)" if pending_timeout_s else ""),
+              flush=True)
+        for app in schema.applications:
+            wait_running(app.name, pending_timeout_s=pending_timeout_s,
+                         on_pending=lambda msg: print(msg, file=sys.stderr, flush=True))
+        http = schema.http_options
+        print(f"ready: http://{http.host}:{http.port}  (Ctrl-C stops)", flush=True)
+        while True:
+            time.sleep(10)
+    except KeyboardInterrupt:
+        print("Got KeyboardInterrupt, shutting down...", flush=True)
+        return 0
+    except NotRunning as exc:
+        print(f"sam3-serve run: {exc}", file=sys.stderr, flush=True)
+        return 1 if isinstance(exc, DeployFailed) else 2
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default="serve_config.yaml", help="Ray Serve config file.")
     r.add_argument("--host", help="HTTP host (default: the config's).")
     r.add_argument("--port", type=int, help="HTTP port (default: the config's).")
+    r.add_argument("--pending-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="Exit (status 2) with 'replicas pending: X needs 1 GPU, cluster has 0' when replicas "
+                   "cannot be placed for this long; 0 waits forever (default: 120). A replica that is placed and "
+                   "loading its model is not pending.")
     r.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

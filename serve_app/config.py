@@ -115,7 +115,10 @@ class ConceptConfig(StrictModel):
 
     replica: ReplicaConfig = Field(default_factory=_gpu_replica, description="Placement and scaling.")
     batching: BatchingConfig = Field(
-        default_factory=BatchingConfig, description="Dynamic batching (the deployment's Serve user_config; see BatchingConfig)."
+        # 2 ms, not BatchingConfig's 10: a lone request pays the whole wait; under load batches still form
+        # from the requests queued while both batches in flight run (see docs/PERFORMANCE.md, batch-size curve)
+        default_factory=lambda: BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.002),
+        description="Dynamic batching (the deployment's Serve user_config; see BatchingConfig)."
     )
     max_concurrent_batches: int = Field(
         2, ge=1, le=8, description="Batches in flight per replica (overlaps CPU pre/post with GPU work); "
@@ -148,6 +151,12 @@ class IngressConfig(StrictModel):
     retry_after_s: int = Field(
         2, ge=1, description="Retry-After seconds sent with every 429/503 that does not carry its own "
         "(model replicas saturated, unavailable or warming up; storage outages use storage.retry_after_s).")
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256,
+        description="Threads for CPU work (decode, resize, mask encoding, overlays) per ingress and JobWorker "
+        "replica; None = the replica's num_cpus rounded up (at least 1, at most the CPUs it may run on; num_cpus 0: "
+        "those CPUs). "
+        "Requests beyond it queue for a thread.")
 
 
 class LimitsConfig(StrictModel):
@@ -161,6 +170,25 @@ class LimitsConfig(StrictModel):
     max_text_chars: int = Field(256, ge=1, le=1024, description="Characters per text prompt.")
     max_boxes_per_prompt: int = Field(16, ge=1, le=256, description="Exemplar boxes per prompt.")
     max_instances: int = Field(100, ge=1, description="Upper bound and default for `max_instances`.")
+    max_output_pixels: int = Field(
+        1_000_000_000, ge=1024,
+        description="Output budget per request: masks x width x height of the ORIGINAL image, counted before "
+        "encoding (a mask's worst-case CPU and response size grow with the image's pixels); a polygon mask "
+        "counts 4 times. Concept and automatic answers over it keep their highest-scoring masks that fit and "
+        "say `truncated`; clicks drop multimask candidates first, then get 413 output_too_large. Must be >= "
+        "max_image_pixels. The default is 25 RLE masks of a 40 MP image (worst case, noisy masks: ~10 s of one "
+        "core, ~45 MB of RLE) or 6 polygon masks (~35 MB of JSON), 250 RLE masks of 4 MP.")
+    max_overlay_pixels: int = Field(
+        4 * 1024 * 1024, ge=65_536,
+        description="Largest overlay PNG (width x height): overlays of larger images are downscaled to fit "
+        "(aspect kept), never refused.")
+
+    @model_validator(mode="after")
+    def _one_mask_fits(self) -> "LimitsConfig":
+        if self.max_output_pixels < self.max_image_pixels:
+            raise ValueError("limits.max_output_pixels must be >= limits.max_image_pixels (one mask of the "
+                             "largest image must fit)")
+        return self
 
 
 class StorageConfig(StrictModel):
@@ -214,6 +242,10 @@ class StorageConfig(StrictModel):
         64, ge=1, description="HTTP connections kept per S3 client; size it to the replica's concurrency."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent when storage is unavailable (503).")
+    io_threads: int = Field(
+        16, ge=1, le=256,
+        description="Threads for blocking storage calls per ingress and JobWorker replica, apart from the CPU "
+        "threads (ingress.cpu_threads), so a slow storage cannot starve decoding.")
 
     @model_validator(mode="after")
     def _known_scheme(self) -> "StorageConfig":
@@ -262,17 +294,38 @@ class AutoMaskConfig(StrictModel):
     """Defaults and bounds of automatic mask generation (POST /v1/auto/image); requests may override the
     defaults within the bounds."""
 
-    points_per_side: int = Field(16, ge=1, le=128, description="Grid of points_per_side^2 single clicks.")
-    max_points_per_side: int = Field(64, ge=1, le=128, description="Largest points_per_side a request may ask.")
-    points_per_batch: int = Field(64, ge=1, le=1024, description="Grid points per mask-decoder call (GPU memory).")
+    points_per_side: int = Field(16, ge=1, le=64, description="Grid of points_per_side^2 single clicks.")
+    max_points_per_side: int = Field(
+        64, ge=1, le=64, description="Largest points_per_side a request may ask (400 points_per_side_too_large "
+        "above); at most 64 (12,288 candidates; the replica keeps the 1,024 best by predicted IoU before NMS).")
+    points_per_batch: int = Field(
+        64, ge=1, le=1024, description="Grid points per mask-decoder call (GPU memory); also the most a request "
+        "may ask (larger asks are lowered to it: chunking never changes the masks).")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="Drop candidates whose predicted IoU is lower.")
     stability_score_thresh: float = Field(
         0.95, ge=0, le=1, description="Drop candidates whose stability (IoU of the mask at logit +offset vs "
         "-offset) is lower.")
+    min_pred_iou_thresh: float = Field(
+        0.0, ge=0, le=1, description="Floor of pred_iou_thresh, for this config and for requests (400 "
+        "pred_iou_thresh_too_low below). The work is bounded whatever the thresholds (max_points_per_side, the "
+        "replica's 1,024-candidate cap, limits.max_output_pixels); raise it to refuse near-useless requests.")
+    min_stability_score_thresh: float = Field(
+        0.0, ge=0, le=1, description="Floor of stability_score_thresh, for this config and for requests (400 "
+        "stability_score_thresh_too_low below).")
     stability_score_offset: float = Field(1.0, gt=0, description="Logit offset of the stability score.")
     box_nms_thresh: float = Field(0.7, gt=0, le=1, description="Box IoU above which the lower-scored mask is dropped.")
     min_mask_area: int = Field(0, ge=0, description="Drop masks with fewer pixels (original resolution).")
-    max_masks: int = Field(256, ge=1, le=4096, description="Masks returned at most (highest score first).")
+    max_masks: int = Field(
+        256, ge=1, le=1024, description="Masks returned at most (highest score first; also within "
+        "limits.max_output_pixels).")
+
+    @model_validator(mode="after")
+    def _above_floors(self) -> "AutoMaskConfig":
+        if self.pred_iou_thresh < self.min_pred_iou_thresh:
+            raise ValueError("click.auto.pred_iou_thresh must be >= click.auto.min_pred_iou_thresh")
+        if self.stability_score_thresh < self.min_stability_score_thresh:
+            raise ValueError("click.auto.stability_score_thresh must be >= click.auto.min_stability_score_thresh")
+        return self
 
 
 def _click_replica() -> ReplicaConfig:
@@ -372,6 +425,10 @@ class VideoConfig(StrictModel):
     hotstart_delay: int | None = Field(
         None, ge=0, description="Frames the detector waits before confirming objects (None = the checkpoint's; "
         "results then arrive with that delay).")
+    batch_tracker_objects: bool = Field(
+        True, description="Track a frame's objects in one batched tracker call instead of transformers' loop over "
+        "objects (equal within float rounding; 1.1-1.45x frames/s at 3-10 objects on CPU). false = transformers' "
+        "own per-object path, bit for bit.")
     actor: SessionActorConfig = Field(default_factory=SessionActorConfig, description="Session actor placement.")
     warm_pool: int = Field(
         1, ge=0, le=64, description="Idle session actors kept with the model loaded, so a new session does not "

@@ -60,6 +60,12 @@ class PayloadTooLarge(Sam3Error):
     code = "payload_too_large"
 
 
+class OutputTooLarge(PayloadTooLarge):
+    """The answer would exceed the output budget (limits.max_output_pixels) and cannot be truncated."""
+
+    code = "output_too_large"
+
+
 class UnsupportedMediaType(Sam3Error):
     status_code = 415
     code = "unsupported_media_type"
@@ -100,6 +106,13 @@ class Unavailable(Sam3Error):
 
     status_code = 503
     code = "unavailable"
+
+
+class ModelOutOfMemory(Unavailable):
+    """The model replica ran out of accelerator memory for this request even when running it alone (503 +
+    Retry-After: memory frees as other batches finish). The replica itself keeps serving."""
+
+    code = "model_out_of_memory"
 
 
 class Timeout(Sam3Error):

@@ -132,15 +132,35 @@ class ConceptResult(WireModel):
     instances: list[Instance]
 
 
+# The output budget (config limits.max_output_pixels): masks x width x height of the original image, counted
+# before encoding. Concept and automatic answers over it are truncated to their highest-scoring masks that fit
+# (these fields say so; absent when nothing was left out); clicks drop multimask candidates first, and
+# answer 413 output_too_large when even one mask per object does not fit.
+Truncated = Annotated[bool | None, Field(
+    description="true when masks were left out to stay within the output budget (limits.max_output_pixels: "
+    "masks x width x height of the original image); absent otherwise.")]
+TruncatedReason = Annotated[Literal["max_output_pixels"] | None, Field(
+    description="Why masks were left out (with truncated=true): max_output_pixels.")]
+OmittedMasks = Annotated[int | None, Field(description="How many masks were left out (with truncated=true).")]
+
+
 class ConceptImageResponse(WireModel):
     request_id: str
     image_id: str = Field(..., description="sha256 of the image bytes")
     width: int
     height: int
     results: list[ConceptResult]
-    overlay_png_base64: str | None = None
+    overlay_png_base64: str | None = Field(
+        None, description="The overlay PNG (overlay=true), at the image's size up to limits.max_overlay_pixels; "
+        "larger images get a proportionally downscaled overlay.")
     timings_ms: dict[str, float]
     batch_size: int = Field(..., description="Requests the model replica ran in the same batch as this one.")
+    truncated: Truncated = None
+    truncated_reason: TruncatedReason = None
+    omitted_masks: OmittedMasks = Field(
+        None, description="Instances left out (with truncated=true): the highest-scoring instances over all "
+        "prompts are kept, the rest are not in `results` (instance ids stay consecutive). With "
+        "mask_format=polygon each mask counts 4 times against the budget.")
 
 
 class ConceptUrlResponse(WireModel):
@@ -155,6 +175,9 @@ class ConceptUrlResponse(WireModel):
     expires_at: str = Field(..., description="When the URLs stop working (UTC, ISO 8601).")
     timings_ms: dict[str, float]
     batch_size: int
+    truncated: Truncated = None
+    truncated_reason: TruncatedReason = None
+    omitted_masks: OmittedMasks = None
 
 
 class UploadRequest(WireModel):
@@ -307,6 +330,12 @@ class ClickImageResponse(WireModel):
     cache_hit: bool = Field(..., description="The image embedding was already cached (no vision-encoder run).")
     timings_ms: dict[str, float]
     batch_size: int = Field(..., description="Requests the model replica decoded together with this one.")
+    truncated: Truncated = Field(
+        None, description="true when multimask_output candidates were left out to stay within the output budget "
+        "(limits.max_output_pixels; objects then carry their best mask only). An answer that does not fit even "
+        "with one mask per object is refused: 413 output_too_large.")
+    truncated_reason: TruncatedReason = None
+    omitted_masks: OmittedMasks = None
 
 
 class AutoOptions(WireModel):
@@ -330,7 +359,9 @@ class AutoMask(WireModel):
     id: int
     score: float = Field(..., description="Predicted IoU.")
     stability_score: float
-    box: list[float] = Field(..., description="[x0, y0, x1, y1] pixels (x1/y1 exclusive), the box NMS used.")
+    box: list[float] = Field(
+        ..., description="[x0, y0, x1, y1] pixels (x1/y1 exclusive), the box NMS used: the mask's tight box, "
+        "computed on the replica at most at 1 megapixel and scaled (exact for images up to 1 MP).")
     area: int = Field(..., description="Mask pixels at the original resolution.")
     point: list[float] = Field(..., description="The grid click [x, y] that produced the mask.")
     mask: RleMask
@@ -345,6 +376,11 @@ class AutoImageResponse(WireModel):
     candidates: int = Field(..., description="Masks the grid produced before filtering and NMS.")
     cache_hit: bool
     timings_ms: dict[str, float]
+    truncated: Truncated = Field(
+        None, description="true when masks were left out to stay within the output budget "
+        "(limits.max_output_pixels): the highest-scoring masks that fit are kept.")
+    truncated_reason: TruncatedReason = None
+    omitted_masks: OmittedMasks = None
 
 
 # ---------------------------------------------------------------------------------------------------------

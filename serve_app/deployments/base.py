@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from ray import serve
 
 from serve_app.config import BatchingConfig
 from serve_app.errors import Forbidden, Sam3Error
+from serve_app.model.protocols import BatchResult
 from serve_app.model.types import ModelInfo
+
+R = TypeVar("R")
 
 
 def import_runner(path: str) -> Any:
@@ -25,9 +28,10 @@ def import_runner(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def raise_if_error(answer: Any) -> Any:
-    """The batched runners answer a request's own failure as a value (model.protocols): raise it here,
-    in that request's caller only."""
+def raise_if_error(answer: BatchResult[R]) -> R:
+    """The batched runners answer a request's own failure as a value (the batch protocol of
+    model.protocols): raise it here, in that request's caller only (a @serve.batch method's caller gets its
+    own item of the batch's answers)."""
     if isinstance(answer, Sam3Error):
         raise answer
     return answer
@@ -73,7 +77,9 @@ class ModelDeployment:
         self._batched.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
 
     def check_health(self) -> None:
-        """Serve's periodic health check: a wedged device makes the replica unhealthy (then replaced)."""
+        """Serve's periodic health check: the runner runs a tiny kernel on its device within a timeout
+        (model.runtime.DeviceHealth; a no-op on the CPU), so a wedged CUDA context raises here and Serve
+        replaces the replica."""
         self.runner.check_health()
 
     def info(self) -> ModelInfo:

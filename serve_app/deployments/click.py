@@ -22,6 +22,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from serve_app.config import ClickConfig, ModelConfig
 from serve_app.deployments.base import ModelDeployment, import_runner, raise_if_error
 from serve_app.errors import Sam3Error
+from serve_app.model.protocols import ClickAnswer
 from serve_app.model.types import AutoRequest, AutoResponse, ClickRequest, ClickResponse, EmbeddingMiss
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class ClickSegmenter(ModelDeployment):
     async def embed(self, cache_key: str, pixels: np.ndarray, original_hw: tuple[int, int]) -> bool:
         """Make sure `cache_key`'s embedding is cached (pixels: uint8 (S,S,3)). True if it already was."""
         out = raise_if_error(await self._batched(ClickRequest(cache_key, (), pixels, original_hw)))
+        if not isinstance(out, ClickResponse):  # with pixels the runner never answers EmbeddingMiss
+            raise Sam3Error(f"embedding {cache_key!r}: unexpected answer {type(out).__name__}")
         return out.cache_hit
 
     async def generate_masks(self, request: AutoRequest) -> AutoResponse | EmbeddingMiss:
@@ -82,7 +85,7 @@ class ClickSegmenter(ModelDeployment):
         self._cache_metrics.export(self.runner.debug_stats())
         return out
 
-    async def _segment_batch(self, requests: list[ClickRequest]) -> list[ClickResponse | EmbeddingMiss | Sam3Error]:
+    async def _segment_batch(self, requests: list[ClickRequest]) -> list[ClickAnswer]:
         # The model runs in a worker thread so the replica's event loop keeps accepting requests.
         answers = await asyncio.to_thread(self.runner.segment_batch, requests)
         self._batch_size.observe(len(requests))

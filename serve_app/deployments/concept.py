@@ -3,7 +3,8 @@
 Concurrent `segment` calls are merged by @serve.batch into one `segment_batch` of the runner (default
 serve_app.model.concept:ConceptRunner: one vision-encoder call for all images, detector calls over all
 (image, prompt) pairs). max_batch_size and batch_wait_timeout_s come from the Serve user_config and change
-live through `reconfigure`. A request's own error (bad pixels) fails only that request.
+live through `reconfigure`. A request's own error fails only that request (the batch protocol of
+serve_app.model.protocols: invalid input 4xx, out of memory even alone 503, anything else 500).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from serve_app.config import ConceptConfig, ModelConfig
 from serve_app.deployments.base import ModelDeployment, import_runner, raise_if_error
-from serve_app.errors import Sam3Error
+from serve_app.model.protocols import ConceptAnswer
 from serve_app.model.types import ConceptRequest, ConceptResponse
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class ConceptSegmenter(ModelDeployment):
         """Instances for every prompt of one image. Raises the request's own Sam3Error."""
         return raise_if_error(await self._batched(request))
 
-    async def _segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptResponse | Sam3Error]:
+    async def _segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptAnswer]:
         # The model runs in a worker thread: the replica's event loop keeps accepting requests (and
         # max_concurrent_batches > 1 overlaps one batch's CPU work with another's GPU work).
         answers = await asyncio.to_thread(self.runner.segment_batch, requests)
@@ -52,3 +53,9 @@ class ConceptSegmenter(ModelDeployment):
             self._forward_ms.observe(sum(done[0].timings_ms.values()))
         self._requests.inc(len(requests))
         return answers
+
+    def debug_poison_text(self, text: str | None) -> None:
+        """Make this replica's tokenizer fail on prompt `text` (None: stop; debug_reset also stops it): a
+        request that passes the ingress and fails in its own processing here, for batch-isolation tests."""
+        self._require_debug()
+        self.runner.debug_poison_text(text)

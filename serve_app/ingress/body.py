@@ -31,6 +31,7 @@ from serve_app.pipelines.image_library import base64_chars
 
 M = TypeVar("M", bound=BaseModel)
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 MAX_JSON_DEPTH = 32  # the deepest request is ~6 ({"input": {"prompts": [{"boxes": [[...]]}]}})
 
 # (pydantic error type, last field name in its location) -> stable 400 code; None = any field.
@@ -55,11 +56,17 @@ def image_body_limit(limits: LimitsConfig, extra_bytes: int = 1024 * 1024) -> in
     return base64_chars(limits.max_image_bytes) + extra_bytes
 
 
-def form_bool(value: object) -> bool | None:
-    """A multipart form field as a boolean: None when absent or empty; 1/true/yes/on (any case) is True."""
+def form_bool(value: object, field: str) -> bool | None:
+    """A multipart form field as a boolean: None when absent or empty; 1/true/yes/on (any case) is True,
+    0/false/no/off is False; anything else (a file part, "[]", "maybe") is a 422 validation_error."""
     if value in (None, ""):
         return None
-    return str(value).lower() in _TRUE
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValidationFailed(f"{field}: must be a boolean (true/false, 1/0, yes/no, on/off)")
 
 
 def _check_declared_length(request: Request, limit: int) -> None:

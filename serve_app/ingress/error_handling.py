@@ -1,6 +1,9 @@
 """The one place that maps exceptions to HTTP responses, and the request-id middleware.
 
-Body: {"error": {"code", "message", "request_id"}}; header x-request-id on every response.
+Body: {"error": {"code", "message", "request_id"}}; header x-request-id on every response, exactly once: behind
+the Serve proxy the proxy sets it (ray.serve._private.http_util.RequestIdMiddleware: it puts the client's id, or
+one it generates, on the request and APPENDS the same value to every response), so the app never adds its own;
+standalone (no proxy: tests' TestClient) the middleware here echoes or generates it.
 - Sam3Error (serve_app.errors): its status and code. 4xx carry their message; 429/503 get Retry-After (the
   error's own, else `ingress.retry_after_s`); a Sam3Error with status 500 is a bug: message hidden, stack
   logged.
@@ -33,7 +36,8 @@ def request_id_of(request: Request) -> str:
 
 def error_response(request_id: str, status: int, code: str, message: str,
                    retry_after_s: int | None = None) -> JSONResponse:
-    headers = {REQUEST_ID_HEADER: request_id}
+    """The error body; x-request-id is not set here (request_id_middleware or the Serve proxy sets it once)."""
+    headers: dict[str, str] = {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(int(retry_after_s))
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
@@ -63,20 +67,34 @@ def _internal_error(rid: str) -> JSONResponse:
     return error_response(rid, 500, "internal_error", "internal error; quote the request id when reporting it")
 
 
+def behind_serve_proxy() -> bool:
+    """True inside a Serve replica (the app is reached through the Serve proxy, which sets x-request-id)."""
+    try:
+        from ray import serve
+
+        serve.get_replica_context()  # raises outside a replica
+    except Exception:
+        return False
+    return True
+
+
 def install_error_handling(app: FastAPI) -> None:
     """Request-id middleware + exception handlers on `app`."""
+    # Decided once, when the replica builds its app (Serve sets the replica context before that).
+    echo_request_id = not behind_serve_proxy()
 
     @app.middleware("http")
     async def request_id_middleware(request: Request, call_next):
         # Behind the Serve proxy the header is always present (the client's, or one the proxy generated)
-        # and the proxy echoes it on the response; standalone, we generate and echo it ourselves.
+        # and the proxy appends it to the response: adding ours too would send it twice. Standalone, we
+        # echo the client's id or a generated one ourselves.
         incoming = request.headers.get(REQUEST_ID_HEADER)
         request.state.request_id = incoming[:128] if incoming else uuid.uuid4().hex
         try:
             response = await call_next(request)
         except Exception as exc:  # raised past the handlers (in the middleware stack itself)
             response = _unhandled(request, exc)
-        if incoming is None:
+        if echo_request_id:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
 

@@ -2,10 +2,15 @@
 
 A grid of points_per_side^2 single positive clicks (cell centres) is decoded by Sam3TrackerModel's mask
 decoder in batches of points_per_batch, three candidates per click. Candidates are filtered by predicted
-IoU, stability (computed on the m x m logits) and emptiness; box NMS (torchvision) runs first on low-res
-boxes (cheap pruning), then the survivors are upsampled to the ORIGINAL size in bounded chunks, masks under
-min_mask_area dropped, and NMS runs again on their exact tight boxes, so no two returned boxes overlap by
-more than box_nms_thresh. Everything runs on the model's device. No Ray, no FastAPI.
+IoU, stability (computed on the m x m logits) and emptiness, and at most MAX_CANDIDATES are kept (the
+highest predicted IoU, selected after every decoder batch, so memory never holds more); box NMS
+(torchvision) runs first on low-res boxes (cheap pruning), then the survivors are upsampled in bounded
+chunks to the box grid (the ORIGINAL size up to BOX_GRID_PIXELS, else that many pixels, aspect kept: never
+thousands of full-size masks), their tight boxes there scaled to ORIGINAL pixels, masks under min_mask_area
+(ORIGINAL pixels, estimated on the grid) dropped, and NMS runs again on those boxes, so no two returned
+boxes overlap by more than box_nms_thresh. Hard bounds whatever the request: points_per_side <=
+MAX_POINTS_PER_SIDE, points_per_batch <= MAX_POINTS_PER_BATCH. Everything runs on the model's device. No Ray,
+no FastAPI.
 """
 
 from __future__ import annotations
@@ -23,11 +28,36 @@ from serve_app.model.types import AutoRequest, AutoResponse
 
 # Upsampling work per chunk: masks x H x W float32 elements (~128 MB).
 _UPSAMPLE_ELEMENTS = 32_000_000
+MAX_POINTS_PER_SIDE = 64  # = config click.auto.max_points_per_side's bound: 12,288 candidates at most
+MAX_POINTS_PER_BATCH = 1024  # = config click.auto.points_per_batch's bound
+MAX_CANDIDATES = 1024  # kept before NMS (= config click.auto.max_masks' bound): ~170 MB of float16 288x288 logits
+BOX_GRID_PIXELS = 1024 * 1024  # masks are upsampled to at most this many pixels to find their boxes
 
 
 def check_auto_request(req: AutoRequest) -> None:
     if req.points_per_side < 1 or req.points_per_batch < 1:
         raise InvalidInput("points_per_side and points_per_batch must be >= 1", "invalid_auto_options")
+    if req.points_per_side > MAX_POINTS_PER_SIDE or req.points_per_batch > MAX_POINTS_PER_BATCH:
+        raise InvalidInput(f"points_per_side must be <= {MAX_POINTS_PER_SIDE} and points_per_batch <= "
+                           f"{MAX_POINTS_PER_BATCH}", "invalid_auto_options")
+
+
+def box_grid(hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) at which masks are upsampled to find their boxes: (H, W) up to BOX_GRID_PIXELS, else scaled
+    down to at most that many pixels (aspect kept)."""
+    h, w = hw
+    if h * w <= BOX_GRID_PIXELS:
+        return h, w
+    s = (BOX_GRID_PIXELS / (h * w)) ** 0.5
+    return max(1, int(h * s)), max(1, int(w * s))
+
+
+def keep_best(cand: dict[str, torch.Tensor], limit: int) -> dict[str, torch.Tensor]:
+    """At most `limit` candidates: the highest scores (ties: the earlier candidate), in their original order."""
+    if len(cand["scores"]) <= limit:
+        return cand
+    idx = torch.sort(torch.argsort(cand["scores"], descending=True, stable=True)[:limit]).values
+    return {k: v[idx] for k, v in cand.items()}
 
 
 def grid_points(points_per_side: int) -> np.ndarray:
@@ -65,16 +95,23 @@ def filter_low_res(logits: torch.Tensor, scores: torch.Tensor, point_idx: torch.
 
 
 def exact_boxes(cand: dict[str, torch.Tensor], hw: tuple[int, int], min_mask_area: int) -> dict[str, torch.Tensor]:
-    """Upsample the candidates' logits to (H,W) in chunks (bilinear, half-pixel centres like the CPU
-    ingress), replace their boxes by the exact tight boxes there, drop masks under min_mask_area."""
+    """Upsample the candidates' logits to the box grid (box_grid(hw): the ORIGINAL (H,W) up to
+    BOX_GRID_PIXELS) in chunks (bilinear, half-pixel centres like the CPU ingress), replace their boxes by
+    the tight boxes there scaled to ORIGINAL pixels (exact when the grid is (H,W)), drop masks under
+    min_mask_area (ORIGINAL pixels; estimated from the grid's area when it is smaller)."""
     h, w = hw
-    per_chunk = max(1, _UPSAMPLE_ELEMENTS // (h * w))
+    gh, gw = box_grid(hw)
+    scale = torch.tensor([w / gw, h / gh, w / gw, h / gh], device=cand["logits"].device)
+    min_area = max(1.0, min_mask_area * (gh * gw) / (h * w))
+    per_chunk = max(1, _UPSAMPLE_ELEMENTS // (gh * gw))
     boxes, keep = [], []
     for s in range(0, len(cand["scores"]), per_chunk):
-        up = F.interpolate(cand["logits"][s : s + per_chunk, None].float(), size=(h, w), mode="bilinear",
+        up = F.interpolate(cand["logits"][s : s + per_chunk, None].float(), size=(gh, gw), mode="bilinear",
                            align_corners=False)[:, 0] > 0
-        boxes.append(mask_boxes(up))
-        keep.append(up.flatten(1).sum(1) >= max(1, min_mask_area))
+        boxes.append(mask_boxes(up) * scale)
+        keep.append(up.flatten(1).sum(1) >= min_area)
+    if not boxes:
+        return cand
     keep_t = torch.cat(keep)
     return {**{k: v[keep_t] for k, v in cand.items() if k != "boxes"}, "boxes": torch.cat(boxes)[keep_t]}
 
@@ -117,8 +154,10 @@ class AutomaticMaskGenerator:
             point_idx = torch.arange(start, start + p, device=logits.device).repeat_interleave(res.pred_masks.shape[2])
             candidates += len(scores)
             kept.append(filter_low_res(logits, scores, point_idx, (h, w), req))
+            if len(kept) > 1:  # bounded memory: at most MAX_CANDIDATES (+ one batch) held at any time
+                kept = [keep_best({k: torch.cat([c[k] for c in kept]) for k in kept[0]}, MAX_CANDIDATES)]
         t_decode = time.perf_counter()
-        merged = {k: torch.cat([c[k] for c in kept]) for k in kept[0]} if kept else None
+        merged = keep_best(kept[0], MAX_CANDIDATES) if kept else None
         if merged is not None and len(merged["scores"]):
             from torchvision.ops import nms
 

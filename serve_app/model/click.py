@@ -21,6 +21,10 @@ whole image) that the CPU ingress upsamples and encodes.
 
 Automatic masks (`generate_masks`) run serve_app.model.automatic on the same cached embeddings.
 
+Errors follow the batch protocol of serve_app.model.protocols: a request that cannot run gets its own answer
+(EmbeddingMiss / InvalidInput), and the batch runs under runtime.run_isolated (an out-of-memory splits it;
+what still fails alone answers alone: 503 model_out_of_memory, or 500 model_error).
+
 No Ray, no FastAPI.
 """
 
@@ -39,7 +43,8 @@ from serve_app.model.automatic import AutomaticMaskGenerator, check_auto_request
 from serve_app.model.embedding_cache import EmbeddingCache
 from serve_app.model.loading import TRACKER_KEY_MAPPING, Placement, load_model
 from serve_app.model.prompt_geometry import check_points_and_box
-from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels, to_device
+from serve_app.model.protocols import ClickAnswer
+from serve_app.model.runtime import BatchCounters, DeviceHealth, normalize_pixels, run_isolated, to_device
 from serve_app.model.types import (
     AutoRequest,
     AutoResponse,
@@ -105,6 +110,8 @@ class ClickRunner:
     ClickRunnerProtocol). `segment_batch` and `generate_masks` may be called from several threads at once:
     the model is read-only; counters and cache are locked."""
 
+    _health: DeviceHealth | None = None  # made by the first check_health
+
     def __init__(self, model, placement: Placement, model_id: str, *, cache_bytes: int,
                  max_objects_per_forward: int = 64):
         self.model = model
@@ -135,10 +142,15 @@ class ClickRunner:
                    max_objects_per_forward=click.max_objects_per_forward)
 
     # ------------------------------------------------------------------ public
-    @torch.inference_mode()
-    def segment_batch(self, requests: list[ClickRequest]) -> list[ClickResponse | EmbeddingMiss | Sam3Error]:
+    def segment_batch(self, requests: list[ClickRequest]) -> list[ClickAnswer]:
         """Answer each request: ClickResponse, EmbeddingMiss (no pixels, not cached) or the Sam3Error of
-        an invalid request. Output i belongs to request i; one bad request never fails the others."""
+        that request alone (invalid, or out of memory even alone). Output i belongs to request i; one bad
+        request never fails the others."""
+        self.counters.note_call(len(requests))
+        return run_isolated(self._segment, requests, self.placement, self.counters, "click segmentation")
+
+    @torch.inference_mode()
+    def _segment(self, requests: list[ClickRequest]) -> list[ClickAnswer]:
         t0 = time.perf_counter()
         out: list[ClickResponse | EmbeddingMiss | Sam3Error | None] = [None] * len(requests)
         embeddings, hits = self._resolve(requests, out)
@@ -151,7 +163,7 @@ class ClickRunner:
         timings = {"vision_ms": (t_vision - t0) * 1e3, "decoder_ms": (t_end - t_vision) * 1e3}
         self.counters.note_batch(len(requests))
         self.counters.add(objects=len(items), misses_returned=sum(isinstance(x, EmbeddingMiss) for x in out))
-        answers: list[ClickResponse | EmbeddingMiss | Sam3Error] = []
+        answers: list[ClickAnswer] = []
         for r, req in enumerate(requests):
             done = out[r]
             answers.append(done if done is not None else ClickResponse(
@@ -163,7 +175,17 @@ class ClickRunner:
 
     def generate_masks(self, req: AutoRequest) -> AutoResponse | EmbeddingMiss:
         """Automatic mask generation on one image (see AutoRequest and serve_app.model.automatic).
-        Raises InvalidInput for bad knobs or pixels."""
+        Raises InvalidInput for bad knobs or pixels, ModelOutOfMemory (503) when the device runs out of
+        memory (its cached memory is released first: the replica keeps serving)."""
+        def one(reqs: list[AutoRequest]) -> list[AutoResponse | EmbeddingMiss | Sam3Error]:
+            return [self._generate_masks(reqs[0])]
+
+        answer = run_isolated(one, [req], self.placement, self.counters, "automatic mask generation")[0]
+        if isinstance(answer, Sam3Error):
+            raise answer
+        return answer
+
+    def _generate_masks(self, req: AutoRequest) -> AutoResponse | EmbeddingMiss:
         check_auto_request(req)
         t0 = time.perf_counter()
         out: list[ClickResponse | EmbeddingMiss | Sam3Error | None] = [None]
@@ -182,7 +204,9 @@ class ClickRunner:
         return result
 
     def check_health(self) -> None:
-        check_device_health(self.placement)
+        if self._health is None:
+            self._health = DeviceHealth(self.placement)
+        self._health.check()
 
     def debug_stats(self) -> dict[str, Any]:
         cache = self.cache.stats().as_dict()

@@ -11,11 +11,17 @@ For a batch of ConceptRequests the runner
    max_instances, highest first, and returns compact numpy outputs (boxes in original pixels, low-res mask
    probabilities in float16). Upsampling and mask encoding happen on CPU replicas.
 
+Errors follow the batch protocol of serve_app.model.protocols: pixels are checked and every new text is
+tokenized on its own before the batched forward (a request that fails gets its InvalidInput and is left out),
+post-processing failures stay with their request, and the batched forward runs under
+runtime.run_isolated (an out-of-memory splits the batch; what still fails alone answers alone).
+
 No Ray, no FastAPI.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -29,8 +35,18 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from serve_app.config import ConceptConfig, ModelConfig
 from serve_app.errors import InvalidInput, Sam3Error
 from serve_app.model.loading import Placement, load_model, load_tokenizer
-from serve_app.model.runtime import BatchCounters, check_device_health, normalize_pixels, to_device
-from serve_app.model.types import ConceptInstances, ConceptRequest, ConceptResponse, ModelInfo
+from serve_app.model.protocols import ConceptAnswer
+from serve_app.model.runtime import (
+    BatchCounters,
+    DeviceHealth,
+    item_failure,
+    normalize_pixels,
+    run_isolated,
+    to_device,
+)
+from serve_app.model.types import ConceptInstances, ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
+
+log = logging.getLogger(__name__)
 
 TEXT_LENGTH = 32  # SAM 3 pads every prompt to 32 tokens
 
@@ -94,6 +110,9 @@ class ConceptRunner:
     `segment_batch` may be called from several threads at once (Serve's concurrent batches): the model is
     read-only and the counters and cache are locked."""
 
+    _health: DeviceHealth | None = None  # made by the first check_health
+    _poison_text: str | None = None  # debug_poison_text
+
     def __init__(self, model, tokenizer, placement: Placement, model_id: str, *, text_cache_size: int = 1024,
                  max_pairs_per_forward: int = 32):
         self.model = model
@@ -124,16 +143,19 @@ class ConceptRunner:
                    max_pairs_per_forward=concept.max_pairs_per_forward)
 
     # ------------------------------------------------------------------ public
-    def segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptResponse | Sam3Error]:
-        """Segment every prompt of every valid request; a request with bad pixels gets its InvalidInput as
-        its answer and does not disturb the others. Output i belongs to request i."""
-        out: list[ConceptResponse | Sam3Error | None] = [self._check(r) for r in requests]
-        valid = [r for r, err in zip(requests, out) if err is None]
-        answers = iter(self._segment(valid) if valid else [])
-        return [err if err is not None else next(answers) for err in out]
+    def segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptAnswer]:
+        """Segment every prompt of every request. Output i belongs to request i: its ConceptResponse or its own
+        Sam3Error (the batch protocol of serve_app.model.protocols); one bad request never fails the others."""
+        self.counters.note_call(len(requests))
+        answers: list[ConceptAnswer | None] = [self._check(r) for r in requests]
+        valid = [r for r, err in zip(requests, answers) if err is None]
+        results = iter(run_isolated(self._segment, valid, self.placement, self.counters, "concept segmentation"))
+        return [err if err is not None else next(results) for err in answers]
 
     def check_health(self) -> None:
-        check_device_health(self.placement)
+        if self._health is None:
+            self._health = DeviceHealth(self.placement)
+        self._health.check()
 
     def debug_stats(self) -> dict[str, Any]:
         return {**self.counters.snapshot(), "text_cache_size": len(self.text_cache),
@@ -143,6 +165,15 @@ class ConceptRunner:
     def debug_reset(self) -> None:
         self.counters.reset()
         self.text_cache.clear()
+        self._poison_text = None
+
+    def debug_poison_text(self, text: str | None) -> None:
+        """From now on the tokenizer "fails" on prompt `text` (None: stop; debug_reset stops it too), as it
+        did on lone surrogates before the ingress rejected them: the batch-isolation tests' poison, a request
+        that passes every ingress check and fails in its own processing here. Only reachable through the
+        deployment's debug interface (observability.debug_interface). A text already in the text cache is
+        not tokenized again: poison a fresh one."""
+        self._poison_text = text
 
     def _check(self, req: ConceptRequest) -> InvalidInput | None:
         size = self.info.image_size
@@ -152,27 +183,39 @@ class ConceptRunner:
         return None
 
     @torch.inference_mode()
-    def _segment(self, requests: list[ConceptRequest]) -> list[ConceptResponse]:
+    def _segment(self, requests: list[ConceptRequest]) -> list[ConceptAnswer]:
+        """One batched forward over `requests` (pixels checked). A request with a text the tokenizer rejects,
+        or whose post-processing fails, gets its own error; the rest run together."""
         t0 = time.perf_counter()
-        vision = self._encode_images(requests)
+        texts, untokenizable = self._encode_texts({p.model_text for req in requests for p in req.prompts})
+        answers: list[ConceptAnswer | None] = [_text_error(req.prompts, untokenizable) for req in requests]
+        run = [req for req, err in zip(requests, answers) if err is None]
+        if not run:
+            return [a for a in answers if a is not None]
         t_vision = time.perf_counter()
-        pairs = [_Pair(r, p) for r, req in enumerate(requests) for p in range(len(req.prompts))]
-        texts = self._encode_texts({requests[x.request].prompts[x.prompt].model_text for x in pairs})
-        results: dict[_Pair, ConceptInstances] = {}
-        for chunk in self._chunks(requests, pairs):
-            results.update(self._detect(requests, chunk, vision, texts))
+        vision = self._encode_images(run)
+        t_detector = time.perf_counter()
+        pairs = [_Pair(r, p) for r, req in enumerate(run) for p in range(len(req.prompts))]
+        results: dict[_Pair, ConceptInstances | Sam3Error] = {}
+        for chunk in self._chunks(run, pairs):
+            results.update(self._detect(run, chunk, vision, texts))
         t_end = time.perf_counter()
-        self.counters.note_batch(len(requests))
+        self.counters.note_batch(len(run))
         self.counters.add(pairs=len(pairs))
-        timings = {"vision_ms": (t_vision - t0) * 1e3, "detector_ms": (t_end - t_vision) * 1e3}
-        return [
-            ConceptResponse(
-                results=[results[_Pair(r, p)] for p in range(len(req.prompts))],
-                timings_ms=timings,
-                batch_size=len(requests),
-            )
-            for r, req in enumerate(requests)
-        ]
+        timings = {"vision_ms": (t_detector - t_vision) * 1e3,
+                   "detector_ms": ((t_vision - t0) + (t_end - t_detector)) * 1e3}  # text encoding included
+        outputs = iter([self._response(r, req, results, timings, len(run)) for r, req in enumerate(run)])
+        return [err if err is not None else next(outputs) for err in answers]
+
+    @staticmethod
+    def _response(r: int, req: ConceptRequest, results: dict[_Pair, ConceptInstances | Sam3Error],
+                  timings: dict[str, float], batch_size: int) -> ConceptAnswer:
+        per_prompt = [results[_Pair(r, p)] for p in range(len(req.prompts))]
+        for x in per_prompt:
+            if isinstance(x, Sam3Error):
+                return x
+        return ConceptResponse(results=[x for x in per_prompt if isinstance(x, ConceptInstances)],
+                               timings_ms=timings, batch_size=batch_size)
 
     # ----------------------------------------------------------------- stages
     def _encode_images(self, requests: list[ConceptRequest]):
@@ -181,22 +224,45 @@ class ConceptRunner:
         self.counters.add(vision_calls=1)
         return self.model.get_vision_features(pixel_values=pixels)
 
-    def _encode_texts(self, texts: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Embeddings for every text, from the cache or one batched text-encoder call for the misses."""
+    def _encode_texts(self, texts: set[str]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], set[str]]:
+        """(embeddings for every text the tokenizer accepts, from the cache or one batched text-encoder call
+        for the misses; the texts it rejects). Each text is tokenized on its own, so one bad text cannot fail
+        the others."""
         cached = {t: self.text_cache.get(t) for t in sorted(texts)}
         found = {t: v for t, v in cached.items() if v is not None}
-        missing = [t for t, v in cached.items() if v is None]
+        missing: list[str] = []
+        ids: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        rejected: set[str] = set()
+        for text in (t for t, v in cached.items() if v is None):
+            try:
+                input_ids, attention_mask = self._tokenize(text)
+            except Exception as exc:  # the text's own fault: its requests get invalid_text (see _text_error)
+                log.warning("the tokenizer rejected a prompt text (%d chars): %r", len(text), exc)
+                rejected.add(text)
+                continue
+            missing.append(text)
+            ids.append(input_ids)
+            masks.append(attention_mask)
         if missing:
-            tok = self.tokenizer(missing, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                                 return_tensors="pt").to(self.placement.device)
+            input_ids = to_device(torch.cat(ids), self.placement)
+            attention_mask = to_device(torch.cat(masks), self.placement)
             self.counters.add(text_calls=1)
-            emb = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+            emb = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
             for i, text in enumerate(missing):
                 # clone: a view would pin the whole batch's tensor in the cache (unbounded bytes per entry)
-                pair = (emb[i].clone(), tok.attention_mask[i].clone())
+                pair = (emb[i].clone(), attention_mask[i].clone())
                 self.text_cache.put(text, pair)
                 found[text] = pair
-        return found
+        return found, rejected
+
+    def _tokenize(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One text -> (input_ids (1,32), attention_mask (1,32)) on the CPU, padded to SAM 3's 32 tokens."""
+        if self._poison_text is not None and text == self._poison_text:
+            raise TypeError("debug_poison_text: this text is poisoned (a simulated tokenizer failure)")
+        tok = self.tokenizer([text], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                             return_tensors="pt")
+        return tok["input_ids"], tok["attention_mask"]
 
     def _chunks(self, requests: list[ConceptRequest], pairs: list[_Pair]):
         """Split pairs into detector calls: box and box-free prompts apart, at most max_pairs_per_forward."""
@@ -207,7 +273,7 @@ class ConceptRunner:
             for i in range(0, len(group), self.max_pairs_per_forward):
                 yield group[i : i + self.max_pairs_per_forward]
 
-    def _detect(self, requests, chunk: list[_Pair], vision, texts) -> dict[_Pair, ConceptInstances]:
+    def _detect(self, requests, chunk: list[_Pair], vision, texts) -> dict[_Pair, ConceptInstances | Sam3Error]:
         index = to_device(torch.tensor([x.request for x in chunk]), self.placement)
         vision_embeds = type(vision)(
             fpn_hidden_states=tuple(t.index_select(0, index) for t in vision.fpn_hidden_states),
@@ -229,20 +295,14 @@ class ConceptRunner:
         scores = (out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid()).cpu()  # (P,Q)
         boxes = out.pred_boxes.float().cpu()  # (P,Q,4) normalised xyxy
         mask_probs = out.pred_masks.float().sigmoid()  # (P,Q,h,w)
-        results = {}
+        results: dict[_Pair, ConceptInstances | Sam3Error] = {}
         for i, pair in enumerate(chunk):
-            req = requests[pair.request]
-            keep = torch.nonzero(scores[i] > req.threshold).flatten()
-            keep = keep[scores[i, keep].argsort(descending=True, stable=True)][: req.max_instances]
-            h, w = req.original_hw
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            kept_boxes = (boxes[i, keep] * scale).clamp_(min=0)
-            kept_boxes = torch.minimum(kept_boxes, scale)
-            results[pair] = ConceptInstances(
-                scores=scores[i, keep].numpy().astype(np.float32),
-                boxes_xyxy=kept_boxes.numpy().astype(np.float32),
-                mask_probs=mask_probs[i, keep.to(mask_probs.device)].to(torch.float16).cpu().numpy(),
-            )
+            try:
+                results[pair] = _keep(requests[pair.request], scores[i], boxes[i], mask_probs[i])
+            except torch.OutOfMemoryError:
+                raise  # the batch's problem: run_isolated splits it
+            except Exception:
+                results[pair] = item_failure("concept post-processing")
         return results
 
     def _box_inputs(self, prompts) -> dict[str, torch.Tensor]:
@@ -256,3 +316,27 @@ class ConceptRunner:
             labels[i, :n] = torch.from_numpy(np.asarray(p.box_labels, dtype=np.int64))
         return {"input_boxes": to_device(boxes.to(self.placement.dtype), self.placement),
                 "input_boxes_labels": to_device(labels, self.placement)}
+
+
+def _keep(req: ConceptRequest, scores: torch.Tensor, boxes: torch.Tensor, mask_probs: torch.Tensor) -> ConceptInstances:
+    """One pair's outputs (scores (Q,), normalised xyxy boxes (Q,4) on the CPU, mask probabilities (Q,h,w))
+    -> its kept instances: score > threshold, at most max_instances, highest first, boxes in ORIGINAL pixels."""
+    keep = torch.nonzero(scores > req.threshold).flatten()
+    keep = keep[scores[keep].argsort(descending=True, stable=True)][: req.max_instances]
+    h, w = req.original_hw
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    kept_boxes = (boxes[keep] * scale).clamp_(min=0)
+    kept_boxes = torch.minimum(kept_boxes, scale)
+    return ConceptInstances(
+        scores=scores[keep].numpy().astype(np.float32),
+        boxes_xyxy=kept_boxes.numpy().astype(np.float32),
+        mask_probs=mask_probs[keep.to(mask_probs.device)].to(torch.float16).cpu().numpy(),
+    )
+
+
+def _text_error(prompts: tuple[ConceptPrompt, ...], rejected: set[str]) -> InvalidInput | None:
+    """invalid_text for a request with a prompt whose text the tokenizer rejected, else None."""
+    for i, p in enumerate(prompts):
+        if p.model_text in rejected:
+            return InvalidInput(f"prompts[{i}].text cannot be tokenized", "invalid_text")
+    return None

@@ -76,6 +76,7 @@ from serve_app.errors import InvalidInput, NotFound, Unavailable
 from serve_app.model import transformers_fixes
 from serve_app.model.loading import Placement, load_model, local_files_only
 from serve_app.model.prompt_geometry import check_points_and_box
+from serve_app.model.video_batching import install_batched_forward, object_batching
 from serve_app.model.video_types import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -176,7 +177,7 @@ class VideoRunner:
     the runner's counters are locked."""
 
     def __init__(self, model, processor, tracker_processor, placement: Placement, model_id: str, *,
-                 revision: str | None = None, frame_cache_size: int = 4):
+                 revision: str | None = None, frame_cache_size: int = 4, batch_objects: bool = True):
         self.model = model
         self.processor = processor
         self.tracker_processor = tracker_processor
@@ -184,6 +185,9 @@ class VideoRunner:
         self.model_id = model_id
         self.revision = revision
         self.frame_cache_size = frame_cache_size
+        # True: frame steps run the tracked objects in one batched tracker call (video_batching: equal to
+        # transformers' per-object loop within float rounding, not bit for bit); False: transformers' loop.
+        self.batch_objects = batch_objects
         self.counters = VideoCounters()
         self._lock = threading.Lock()
         tcfg = model.config.tracker_config
@@ -198,15 +202,17 @@ class VideoRunner:
             max_num_objects=int(model.max_num_objects),
         )
         _guard_reconditioning(model)
+        install_batched_forward(model.tracker_model)
         transformers_fixes.install()  # NMS / association IoU without an (N, M, H*W) int64 tensor
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, score_threshold_detection: float | None = None,
                     new_det_thresh: float | None = None, max_num_objects: int | None = None,
-                    hotstart_delay: int | None = None, frame_cache_size: int = 4) -> VideoRunner:
+                    hotstart_delay: int | None = None, frame_cache_size: int = 4,
+                    batch_objects: bool = True) -> VideoRunner:
         """Load the checkpoint of `cfg` (facebook/sam3 layout). The keyword overrides replace the checkpoint's
         Sam3VideoConfig values (None = keep); the tiny random test model needs score_threshold_detection=0,
-        new_det_thresh=0, a small max_num_objects and hotstart_delay=0."""
+        new_det_thresh=0, a small max_num_objects and hotstart_delay=0. batch_objects: see `batch_objects`."""
         from transformers import Sam3TrackerVideoProcessor, Sam3VideoModel, Sam3VideoProcessor
 
         overrides = {k: v for k, v in dict(score_threshold_detection=score_threshold_detection,
@@ -226,7 +232,7 @@ class VideoRunner:
             raise Unavailable(f"cannot load the video processors from {cfg.model_id!r}: {exc}",
                               "model_unavailable") from exc
         return cls(model, processor, tracker_processor, placement, cfg.model_id, revision=cfg.revision,
-                   frame_cache_size=frame_cache_size)
+                   frame_cache_size=frame_cache_size, batch_objects=batch_objects)
 
     # ------------------------------------------------------------------ public
     def new_session(self, source: FrameSource, *, prune: bool = True) -> VideoSession:
@@ -620,7 +626,8 @@ class VideoSession:
         s = self._s
         self._protect_user_objects(reverse)
         before = set(s.obj_ids)
-        out = self.runner.model(inference_session=s, frame_idx=t, reverse=reverse)
+        with object_batching(self.runner.batch_objects):
+            out = self.runner.model(inference_session=s, frame_idx=t, reverse=reverse)
         new = any(i not in before for i in out.obj_id_to_mask)
         self.runner._count(self.counters, frames_processed=1, vision_calls=1, detector_calls=len(s.prompts),
                            tracker_calls=int(bool(before)) + int(new))
@@ -639,7 +646,8 @@ class VideoSession:
         if not s.obj_ids:
             return _Raw(t, {}, {}, {})
         self._ensure_features(t)
-        out = self.runner.model.tracker_model(inference_session=s, frame_idx=t, reverse=reverse)
+        with object_batching(self.runner.batch_objects):
+            out = self.runner.model.tracker_model(inference_session=s, frame_idx=t, reverse=reverse)
         self.runner._count(self.counters, frames_processed=1, tracker_calls=1)
         masks = out.pred_masks.reshape(len(out.object_ids), 1, *out.pred_masks.shape[-2:])
         probs = out.object_score_logits.reshape(-1).float().sigmoid().tolist()

@@ -8,12 +8,14 @@ The cache protocol (correctness never depends on routing):
    resize to the model's S x S on this CPU replica, and call again WITH pixels: the replica encodes,
    caches, answers.
 Only uint8 (S,S,3) pixels and prompts cross to the GPU replica; low-res logits come back and are
-upsampled, thresholded at 0 and RLE-encoded here. No torch here.
+upsampled, thresholded at 0 and RLE-encoded here, on the replica's bounded CPU pool (pipelines/pools.py),
+one mask at a time, stopping between masks once the request is gone. Answers stay within the output budget
+(limits.max_output_pixels, pipelines/output_budget.py): automatic masks keep the highest-scoring ones that
+fit; clicks drop multimask candidates first, then answer 413 output_too_large. No torch here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +25,9 @@ import numpy as np
 
 from serve_app.codecs.image_decode import DecodedImage, resize_square
 from serve_app.codecs.mask_input import decode_mask_input, encode_mask_input
-from serve_app.codecs.masks import encode_masks
+from serve_app.codecs.masks import encode_mask
 from serve_app.config import ClickConfig
-from serve_app.errors import InvalidInput, Unavailable
+from serve_app.errors import InvalidInput, OutputTooLarge, Unavailable
 from serve_app.model.types import (
     AutoRequest,
     AutoResponse,
@@ -35,6 +37,8 @@ from serve_app.model.types import (
     EmbeddingMiss,
 )
 from serve_app.pipelines.image_library import ImageLibrary
+from serve_app.pipelines.output_budget import Truncation, masks_that_fit, truncation_fields
+from serve_app.pipelines.pools import CancelToken, run_cancellable, run_cpu
 from serve_app.pipelines.remote import ModelClient
 from serve_app.pipelines.timings import round_ms
 from serve_app.schemas import (
@@ -109,16 +113,25 @@ def _or_default(value: _T | None, default: _T) -> _T:
 
 def auto_knobs(opts: AutoOptions, cfg: ClickConfig) -> AutoKnobs:
     """The AutoRequest knobs: the request's over the configured defaults (click.auto), within the configured
-    bounds. Raises InvalidInput (points_per_side_too_large); needs no image."""
+    bounds and floors. Raises InvalidInput (points_per_side_too_large, pred_iou_thresh_too_low,
+    stability_score_thresh_too_low); needs no image. points_per_batch and max_masks are lowered to the
+    configured ones (chunking never changes the masks; max_masks is an upper bound anyway)."""
     d = cfg.auto
     points_per_side = _or_default(opts.points_per_side, d.points_per_side)
     if points_per_side > d.max_points_per_side:
         raise InvalidInput(f"points_per_side limit is {d.max_points_per_side}", "points_per_side_too_large")
+    pred_iou_thresh = _or_default(opts.pred_iou_thresh, d.pred_iou_thresh)
+    if pred_iou_thresh < d.min_pred_iou_thresh:
+        raise InvalidInput(f"pred_iou_thresh must be >= {d.min_pred_iou_thresh}", "pred_iou_thresh_too_low")
+    stability_score_thresh = _or_default(opts.stability_score_thresh, d.stability_score_thresh)
+    if stability_score_thresh < d.min_stability_score_thresh:
+        raise InvalidInput(f"stability_score_thresh must be >= {d.min_stability_score_thresh}",
+                           "stability_score_thresh_too_low")
     return AutoKnobs(
         points_per_side=points_per_side,
-        points_per_batch=_or_default(opts.points_per_batch, d.points_per_batch),
-        pred_iou_thresh=_or_default(opts.pred_iou_thresh, d.pred_iou_thresh),
-        stability_score_thresh=_or_default(opts.stability_score_thresh, d.stability_score_thresh),
+        points_per_batch=min(_or_default(opts.points_per_batch, d.points_per_batch), d.points_per_batch),
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
         stability_score_offset=d.stability_score_offset,
         box_nms_thresh=_or_default(opts.box_nms_thresh, d.box_nms_thresh),
         min_mask_area=_or_default(opts.min_mask_area, d.min_mask_area),
@@ -126,27 +139,69 @@ def auto_knobs(opts: AutoOptions, cfg: ClickConfig) -> AutoKnobs:
     )
 
 
-def encode_objects(out: ClickResponse, opts: ClickOptions) -> list[ClickObjectResult]:
+def plan_click_output(out: ClickResponse, max_output_pixels: int) -> tuple[bool, Truncation | None]:
+    """The output budget of a click answer: (best_only, truncation). Every candidate mask fits: (False, None).
+    Else, if one mask per object fits, multimask candidates are left out: (True, Truncation). Else raises
+    OutputTooLarge (413 output_too_large): objects were asked for one by one, none is dropped."""
+    h, w = out.original_hw
+    fit = masks_that_fit(h, w, max_output_pixels)
+    total = sum(len(o.scores) for o in out.objects)
+    if total <= fit:
+        return False, None
+    if len(out.objects) <= fit:
+        return True, Truncation(total - len(out.objects))
+    raise OutputTooLarge(f"{len(out.objects)} masks of {w}x{h} exceed limits.max_output_pixels "
+                         f"({max_output_pixels}); send fewer objects", "output_too_large")
+
+
+def encode_objects(out: ClickResponse, opts: ClickOptions, *, best_only: bool = False,
+                   cancel: CancelToken | None = None) -> list[ClickObjectResult]:
     """Replica output -> `objects` of a ClickImageResponse: per object the best mask (highest predicted IoU),
-    with multimask_output all candidates best first. Masks: logits upsampled to (H,W), > 0, COCO RLE."""
+    with multimask_output all candidates best first (unless best_only: plan_click_output left them out).
+    Masks: logits upsampled to (H,W), > 0, COCO RLE, one at a time (`cancel` checked before each)."""
     h, w = out.original_hw
     results = []
     for i, obj in enumerate(out.objects):
         order = np.argsort(-obj.scores, kind="stable")
-        masks = list(encode_masks(obj.mask_logits[order], h, w, 0.0))  # MaskWindows (crops), one at a time
-        cands = [MaskCandidate(score=round(float(obj.scores[k]), 6), box=masks[rank].box_xyxy,
-                               area=masks[rank].area, mask=RleMask(**masks[rank].rle()),
-                               mask_input=encode_mask_input(obj.mask_logits[k]) if opts.return_mask_input else None)
-                 for rank, k in enumerate(order)]
+        if best_only:
+            order = order[:1]
+        cands = []
+        for k in order:
+            if cancel is not None:
+                cancel.check()
+            mask = encode_mask(obj.mask_logits[k], h, w, 0.0)  # a MaskWindow (crop)
+            cands.append(MaskCandidate(
+                score=round(float(obj.scores[k]), 6), box=mask.box_xyxy, area=mask.area, mask=RleMask(**mask.rle()),
+                mask_input=encode_mask_input(obj.mask_logits[k]) if opts.return_mask_input else None))
+        multi = opts.multimask_output and not best_only
         results.append(ClickObjectResult(id=i, object_score=round(float(obj.object_score), 6),
-                                         **cands[0].model_dump(), candidates=cands if opts.multimask_output else None))
+                                         **cands[0].model_dump(), candidates=cands if multi else None))
     return results
 
 
-def encode_auto(out: AutoResponse, sort_by: str) -> list[AutoMask]:
-    """Replica output -> `masks` of an AutoImageResponse (RLE at the original size), sorted by score or area."""
+def fit_auto(out: AutoResponse, max_output_pixels: int) -> tuple[AutoResponse, Truncation | None]:
+    """Replica output (sorted by score) -> its highest-scoring masks that fit in the output budget, plus what
+    was left out (None: nothing)."""
     h, w = out.original_hw
-    masks = list(encode_masks(out.mask_logits, h, w, 0.0))  # MaskWindows (crops), one at a time
+    fit = masks_that_fit(h, w, max_output_pixels)
+    n = len(out.scores)
+    if n <= fit:
+        return out, None
+    kept = dataclasses.replace(out, mask_logits=out.mask_logits[:fit], scores=out.scores[:fit],
+                               stability=out.stability[:fit], boxes_xyxy=out.boxes_xyxy[:fit],
+                               points_xy=out.points_xy[:fit])
+    return kept, Truncation(n - fit)
+
+
+def encode_auto(out: AutoResponse, sort_by: str, *, cancel: CancelToken | None = None) -> list[AutoMask]:
+    """Replica output -> `masks` of an AutoImageResponse (RLE at the original size), sorted by score or area.
+    One mask at a time (`cancel` checked before each); apply the output budget first (fit_auto)."""
+    h, w = out.original_hw
+    masks = []
+    for probs in out.mask_logits:
+        if cancel is not None:
+            cancel.check()
+        masks.append(encode_mask(probs, h, w, 0.0))  # MaskWindows (crops)
     order = list(range(len(out.scores)))
     if sort_by == "area":
         order.sort(key=lambda k: masks[k].area, reverse=True)
@@ -178,7 +233,7 @@ class ClickPipeline:
 
     async def pixels(self, image: DecodedImage) -> np.ndarray:
         info = await self.model.info()
-        return await asyncio.to_thread(resize_square, image.rgb, info.image_size)
+        return await run_cpu(resize_square, image.rgb, info.image_size)
 
     async def precompute(self, image: DecodedImage) -> bool:
         """Cache `image`'s embedding on its replica. Returns True if it was cached already."""
@@ -228,12 +283,14 @@ class ClickPipeline:
         request = ClickRequest(self.cache_key(image_id), objects, multimask_output=opts.multimask_output)
         out = await self._call("segment", request, self._loader(image_id, image), timings, ClickResponse)
         t1 = time.perf_counter()
-        objs = await asyncio.to_thread(encode_objects, out, opts)
+        best_only, truncation = plan_click_output(out, self.images.limits.max_output_pixels)
+        objs = await run_cancellable(encode_objects, out, opts, best_only=best_only)
         t2 = time.perf_counter()
         timings.update(encode_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3, **out.timings_ms)
         h, w = out.original_hw
         return ClickImageResponse(request_id=request_id, image_id=image_id, width=w, height=h, objects=objs,
-                                  cache_hit=out.cache_hit, timings_ms=round_ms(timings), batch_size=out.batch_size)
+                                  cache_hit=out.cache_hit, timings_ms=round_ms(timings), batch_size=out.batch_size,
+                                  **truncation_fields(truncation))
 
     def auto_request(self, image_id: str, opts: AutoOptions) -> AutoRequest:
         return AutoRequest(self.cache_key(image_id), **auto_knobs(opts, self.cfg))
@@ -246,9 +303,11 @@ class ClickPipeline:
         timings: dict[str, float] = {}
         out = await self._call("generate_masks", request, self._loader(image_id, image), timings, AutoResponse)
         t1 = time.perf_counter()
-        masks = await asyncio.to_thread(encode_auto, out, opts.sort_by)
+        out, truncation = fit_auto(out, self.images.limits.max_output_pixels)
+        masks = await run_cancellable(encode_auto, out, opts.sort_by)
         t2 = time.perf_counter()
         timings.update(encode_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3, **out.timings_ms)
         h, w = out.original_hw
         return AutoImageResponse(request_id=request_id, image_id=image_id, width=w, height=h, masks=masks,
-                                 candidates=out.candidates, cache_hit=out.cache_hit, timings_ms=round_ms(timings))
+                                 candidates=out.candidates, cache_hit=out.cache_hit, timings_ms=round_ms(timings),
+                                 **truncation_fields(truncation))

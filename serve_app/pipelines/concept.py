@@ -2,25 +2,36 @@
 
 Used by the HTTP route (POST /v1/pcs/image) and by background jobs, so both give identical results.
 Only compact data crosses to the GPU replica (uint8 (S,S,3) pixels + prompts); only kept instances come
-back (boxes, scores, low-res mask probabilities). CPU-heavy steps run in worker threads so the event loop
-keeps serving other requests. No torch here.
+back (boxes, scores, low-res mask probabilities). CPU-heavy steps run on the replica's bounded CPU pool
+(pipelines/pools.py) so the event loop keeps serving other requests; mask encoding stops between instances
+once the request is gone. The answer stays within the output budget (pipelines/output_budget.py): at most
+limits.max_output_pixels of full-size masks (the highest-scoring instances; `truncated` says so) and an
+overlay of at most limits.max_overlay_pixels. No torch here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import dataclasses
 import time
 
 import numpy as np
 
 from serve_app.codecs.image_decode import DecodedImage, resize_square
 from serve_app.codecs.masks import encode_mask
-from serve_app.codecs.overlay import OverlayItem, render_overlay
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidInput
-from serve_app.model.types import ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
+from serve_app.model.types import ConceptInstances, ConceptPrompt, ConceptRequest, ConceptResponse, ModelInfo
 from serve_app.pipelines.image_library import ImageLibrary
+from serve_app.pipelines.output_budget import (
+    OverlayCanvas,
+    Truncation,
+    mask_cost,
+    masks_that_fit,
+    top_scores,
+    truncation_fields,
+)
+from serve_app.pipelines.pools import CancelToken, run_cancellable, run_cpu
 from serve_app.pipelines.remote import ModelClient
 from serve_app.pipelines.timings import round_ms
 from serve_app.schemas import (
@@ -78,27 +89,50 @@ def to_model_prompt(p: Prompt, index: int, width: int, height: int) -> ConceptPr
 
 
 def build_request(image: DecodedImage, opts: ConceptOptions, info: ModelInfo, limits: LimitsConfig) -> ConceptRequest:
-    """The GPU replica's input for one decoded image (runs the resize: call it off the event loop)."""
+    """The GPU replica's input for one decoded image (runs the resize: call it off the event loop). No prompt
+    asks for more instances than the output budget can hold (fit_instances keeps the best over all prompts,
+    a subset of every prompt's best `fit`), so no more low-res masks than needed cross back."""
     prompts = tuple(to_model_prompt(p, i, image.width, image.height) for i, p in enumerate(opts.prompts))
+    fit = max(1, masks_that_fit(image.height, image.width, limits.max_output_pixels, mask_cost(opts.mask_format)))
     return ConceptRequest(
         pixels=resize_square(image.rgb, info.image_size),
         original_hw=(image.height, image.width),
         prompts=prompts,
         threshold=opts.threshold,
-        max_instances=opts.max_instances or limits.max_instances,
+        max_instances=min(opts.max_instances or limits.max_instances, fit),
     )
 
 
-def encode_response(image: DecodedImage, opts: ConceptOptions, out: ConceptResponse) -> tuple[list[ConceptResult],
-                                                                                             bytes | None]:
-    """Model output -> (the `results` of a ConceptImageResponse, the overlay PNG if asked for)."""
+def fit_instances(out: ConceptResponse, height: int, width: int, max_output_pixels: int,
+                  cost: int = 1) -> tuple[ConceptResponse, Truncation | None]:
+    """Model output -> the same within the output budget: the highest-scoring instances over all prompts whose
+    full-size masks (height x width each, counted `cost` times: output_budget.mask_cost) fit in
+    max_output_pixels, plus what was left out (None: nothing)."""
+    keep = top_scores([r.scores for r in out.results], masks_that_fit(height, width, max_output_pixels, cost))
+    omitted = sum(len(r.scores) - len(k) for r, k in zip(out.results, keep))
+    if omitted == 0:
+        return out, None
+    results = [ConceptInstances(r.scores[k], r.boxes_xyxy[k], r.mask_probs[k]) for r, k in zip(out.results, keep)]
+    return dataclasses.replace(out, results=results), Truncation(omitted)
+
+
+def encode_response(image: DecodedImage, opts: ConceptOptions, out: ConceptResponse, *,
+                    max_overlay_pixels: int | None = None,
+                    cancel: CancelToken | None = None) -> tuple[list[ConceptResult], bytes | None]:
+    """Model output -> (the `results` of a ConceptImageResponse, the overlay PNG if asked for).
+
+    One instance at a time: its mask is encoded, blended into the overlay and dropped before the next one
+    (`cancel`, if given, is checked before each). The overlay is at most max_overlay_pixels (None: the image's
+    size), see OverlayCanvas. Apply the output budget first (fit_instances)."""
     results: list[ConceptResult] = []
-    overlay_items: list[OverlayItem] = []
+    overlay = OverlayCanvas(image.rgb, max_overlay_pixels) if opts.overlay else None
     next_id = 0
     for p_idx, (prompt, inst) in enumerate(zip(opts.prompts, out.results)):
         label = prompt.text or "visual"
         instances = []
         for k in range(len(inst.scores)):
+            if cancel is not None:
+                cancel.check()
             box = [round(float(v), 2) for v in inst.boxes_xyxy[k]]
             mask = encode_mask(inst.mask_probs[k], image.height, image.width, opts.mask_threshold)  # one at a time
             instance = Instance(id=next_id, score=round(float(inst.scores[k]), 6), box=box, area=mask.area)
@@ -107,11 +141,24 @@ def encode_response(image: DecodedImage, opts: ConceptOptions, out: ConceptRespo
             elif opts.mask_format == "polygon":
                 instance.polygons = mask.polygons()
             instances.append(instance)
-            if opts.overlay:
-                overlay_items.append((mask, box, f"{label} {inst.scores[k]:.2f}", p_idx))
+            if overlay is not None:
+                drawn = (encode_mask(inst.mask_probs[k], overlay.height, overlay.width, opts.mask_threshold)
+                         if overlay.scaled else mask)
+                overlay.add(drawn, box, f"{label} {inst.scores[k]:.2f}", p_idx)
             next_id += 1
         results.append(ConceptResult(prompt=prompt, instances=instances))
-    return results, (render_overlay(image.rgb, overlay_items) if opts.overlay else None)
+    return results, (overlay.png() if overlay is not None else None)
+
+
+def encode_within_budget(image: DecodedImage, opts: ConceptOptions, out: ConceptResponse, limits: LimitsConfig, *,
+                         cancel: CancelToken | None = None) -> tuple[list[ConceptResult], bytes | None,
+                                                                     Truncation | None]:
+    """fit_instances, then encode_response (in one worker-thread call): (results, overlay PNG, truncation)."""
+    out, truncation = fit_instances(out, image.height, image.width, limits.max_output_pixels,
+                                    mask_cost(opts.mask_format))
+    results, overlay_png = encode_response(image, opts, out, max_overlay_pixels=limits.max_overlay_pixels,
+                                           cancel=cancel)
+    return results, overlay_png, truncation
 
 
 def with_inline_overlay(response: ConceptImageResponse, overlay_png: bytes | None) -> ConceptImageResponse:
@@ -123,7 +170,8 @@ def with_inline_overlay(response: ConceptImageResponse, overlay_png: bytes | Non
 
 def url_response(response: ConceptImageResponse, urls: dict[str, str]) -> ConceptUrlResponse:
     """The answer of `"return": "url"`: the response's summary plus where its full JSON was stored."""
-    summary = response.model_dump(include={"request_id", "image_id", "width", "height", "timings_ms", "batch_size"})
+    summary = response.model_dump(include={"request_id", "image_id", "width", "height", "timings_ms", "batch_size",
+                                           "truncated", "truncated_reason", "omitted_masks"})
     return ConceptUrlResponse(**summary, **urls)
 
 
@@ -142,15 +190,15 @@ class ConceptPipeline:
         t0 = time.perf_counter()
         image = await self.images.decode(data)
         info = await self.model.info()
-        request = await asyncio.to_thread(build_request, image, opts, info, self.limits)
+        request = await run_cpu(build_request, image, opts, info, self.limits)
         t1 = time.perf_counter()
         out: ConceptResponse = await self.model.call("segment", request)
         t2 = time.perf_counter()
-        results, overlay_png = await asyncio.to_thread(encode_response, image, opts, out)
+        results, overlay_png, truncation = await run_cancellable(encode_within_budget, image, opts, out, self.limits)
         t3 = time.perf_counter()
         timings = {"decode_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3, "encode_ms": (t3 - t2) * 1e3,
                    "total_ms": (t3 - t0) * 1e3, **out.timings_ms}
         response = ConceptImageResponse(request_id=request_id, image_id=image.sha256, width=image.width,
                                         height=image.height, results=results, timings_ms=round_ms(timings),
-                                        batch_size=out.batch_size)
+                                        batch_size=out.batch_size, **truncation_fields(truncation))
         return response, overlay_png

@@ -7,13 +7,13 @@
 Image ids are the sha256 of the file's bytes, so storing the same file twice writes one object. Uploads
 (POST /v1/uploads, then a presigned PUT) are checked when first used: size and declared content type
 here, decodability by `decode`. An `s3://bucket/key` url is read only from `storage.allowed_url_buckets`
-and only with the S3 backend. Storage I/O runs in worker threads; storage faults surface as Unavailable
-(503 + Retry-After), missing objects as NotFound with a specific code. No torch here.
+and only with the S3 backend. Storage I/O runs on the replica's storage pool and decoding on its CPU pool
+(pipelines/pools.py); storage faults surface as Unavailable (503 + Retry-After), missing objects as NotFound
+with a specific code. No torch here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -21,6 +21,7 @@ import re
 from serve_app.codecs.image_decode import DecodedImage, check_content_type, decode_image
 from serve_app.config import LimitsConfig, StorageConfig
 from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, PreconditionFailed
+from serve_app.pipelines.pools import run_cpu, run_io
 from serve_app.schemas import ImageRef
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore
@@ -75,7 +76,7 @@ class ImageLibrary:
 
     async def decode(self, data: bytes) -> DecodedImage:
         """Validate and decode (RGB uint8 (H,W,3), EXIF applied). Raises 413/415/400 types."""
-        return await asyncio.to_thread(
+        return await run_cpu(
             decode_image, data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels
         )
 
@@ -84,7 +85,7 @@ class ImageLibrary:
         image = await self.decode(data)
         key = keys.image_key(self.tenant, image.sha256)
         try:
-            await asyncio.to_thread(self.store.put, key, data, f"image/{image.format.lower()}",
+            await run_io(self.store.put, key, data, f"image/{image.format.lower()}",
                                     if_none_match=True)
         except PreconditionFailed:
             pass  # already stored: same sha256, same bytes
@@ -105,7 +106,7 @@ class ImageLibrary:
         """A stored image. Raises InvalidInput (not a sha256) or NotFound (code image_not_found)."""
         key = keys.image_key(self.tenant, keys.validate_sha256(image_id))
         try:
-            blob = await asyncio.to_thread(self.store.get, key)
+            blob = await run_io(self.store.get, key)
         except NotFound:
             raise NotFound(f"no image {image_id}; upload it with POST /v1/images", "image_not_found") from None
         return blob.data
@@ -114,7 +115,7 @@ class ImageLibrary:
         """A presigned-PUT upload, checked now: present, within the image size limit, an image type."""
         key = keys.upload_key(self.tenant, upload_id)
         try:
-            info = await asyncio.to_thread(self.store.head, key)
+            info = await run_io(self.store.head, key)
         except NotFound:
             raise NotFound(f"no upload {upload_id}: PUT the file to the upload URL first",
                            "upload_not_found") from None
@@ -122,7 +123,7 @@ class ImageLibrary:
             raise PayloadTooLarge(f"upload is {info.size} bytes, image limit {self.limits.max_image_bytes}",
                                   "image_too_large")
         check_content_type(info.content_type)
-        return (await asyncio.to_thread(self.store.get, key)).data
+        return (await run_io(self.store.get, key)).data
 
     async def load_url(self, url: str) -> bytes:
         """An `s3://bucket/key` object from an allowed bucket (S3 backend only)."""
@@ -130,7 +131,7 @@ class ImageLibrary:
         if bucket not in self.allowed_buckets:
             raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
         try:
-            blob = await asyncio.to_thread(self.store.get_from_bucket, bucket, key, self.limits.max_image_bytes)
+            blob = await run_io(self.store.get_from_bucket, bucket, key, self.limits.max_image_bytes)
         except NotFound:
             raise NotFound(f"no object at {url}", "image_not_found") from None
         return blob.data

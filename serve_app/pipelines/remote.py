@@ -52,11 +52,21 @@ class ModelClient:
 
     async def call(self, method: str, *args: Any, routing_key: str | None = None) -> Any:
         """`handle.<method>.remote(*args)` awaited within timeout_s; `routing_key` is the
-        ConsistentHashRouter key (Serve's `session_id` option). Raises Sam3Errors for known failures."""
+        ConsistentHashRouter key (Serve's `session_id` option). Raises Sam3Errors for known failures.
+
+        A call that times out, or whose caller is cancelled (client gone, job cancelled), is cancelled on the
+        model replica too (best effort: Serve drops it if still queued, else cancels the replica's task).
+        Serve does that by itself only for requests of an ingress deployment, and never on our timeout."""
         handle = self.handle.options(session_id=routing_key) if routing_key is not None else self.handle
+        response = getattr(handle, method).remote(*args)
         try:
-            return await asyncio.wait_for(getattr(handle, method).remote(*args), self.timeout_s)
+            return await asyncio.wait_for(response, self.timeout_s)
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
         except Exception as exc:
+            if isinstance(exc, TimeoutError):  # = asyncio.TimeoutError: our deadline
+                response.cancel()
             err = translate_handle_error(exc)
             if err is None or err is exc:
                 raise

@@ -4,15 +4,16 @@
     urls = await publisher.publish(result_json, overlay_png)   # {"result_url", "overlay_url"?, "expires_at"}
 
 Keys: `t/{tenant}/results/{result_id}/result.json` and `…/overlay.png` (result_id is generated here).
-The overlay is written before the JSON, so a client holding the result URL finds the overlay too.
+The overlay is written before the JSON, so a client holding the result URL finds the overlay too. Writes run
+on the replica's storage pool (pipelines/pools.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 
 from serve_app.config import StorageConfig
+from serve_app.pipelines.pools import run_io
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore
 
@@ -39,10 +40,10 @@ class ResultPublisher:
         urls: dict[str, str] = {}
         if overlay_png is not None:
             overlay_key = keys.result_overlay_key(self.tenant, result_id)
-            await asyncio.to_thread(self.store.put, overlay_key, overlay_png, "image/png")
+            await run_io(self.store.put, overlay_key, overlay_png, "image/png")
             urls["overlay_url"] = self.presign(overlay_key)
         result_key = keys.result_key(self.tenant, result_id)
-        await asyncio.to_thread(self.store.put, result_key, result_json, "application/json")
+        await run_io(self.store.put, result_key, result_json, "application/json")
         urls["result_url"] = self.presign(result_key)
         urls["expires_at"] = expiry_iso(self.expiry_s)
         return urls

@@ -3,7 +3,8 @@
     services = Services.create(app_config, concept_handle)
 
 Built once per replica from AppConfig; opening the store makes no network call, so a replica starts
-even while storage is down (requests that need it then get 503 + Retry-After).
+even while storage is down (requests that need it then get 503 + Retry-After). Also sizes the replica's
+CPU and storage thread pools (pipelines/pools.py: ingress.cpu_threads, storage.io_threads).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from serve_app.config import AppConfig
 from serve_app.jobs.service import JobService
+from serve_app.pipelines import pools
 from serve_app.pipelines.concept import ConceptPipeline
 from serve_app.pipelines.image_library import ImageLibrary
 from serve_app.pipelines.job_kinds import job_kinds
@@ -34,6 +36,7 @@ class Services:
     @classmethod
     def create(cls, cfg: AppConfig, concept_handle: Any) -> Services:
         """`concept_handle`: the ConceptSegmenter DeploymentHandle."""
+        pools.configure(cfg.ingress.cpu_threads, cfg.storage.io_threads)
         store = open_store(cfg.storage)
         images = ImageLibrary(store, cfg.storage, cfg.limits)
         concept = ConceptPipeline(ModelClient(concept_handle, cfg.ingress.model_timeout_s), images, cfg.limits)

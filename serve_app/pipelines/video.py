@@ -25,10 +25,13 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import numpy as np
+
 from serve_app.codecs.masks import encode_mask
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidInput, NotFound, PreconditionFailed, Sam3Error, Unavailable
 from serve_app.model.video_types import VideoFrameResult
+from serve_app.pipelines.pools import run_cpu, run_io
 from serve_app.pipelines.remote import translate_handle_error
 from serve_app.schemas import (
     FrameResult,
@@ -129,10 +132,12 @@ class VideoSessions:
                 asyncio.run_coroutine_threadsafe(self._manager("ingest_progress", sid, done, total), loop)
 
         try:
+            # Not on the bounded pools: an ingest decodes and stores for minutes, and would hold a CPU-pool
+            # thread (all image decoding of a 1-CPU replica) or a storage thread that long.
             meta = await asyncio.to_thread(ingest_video, self.store, self.tenant, sid, path, self.ingest_limits,
                                            fps=opts.fps, max_frames=opts.max_frames, on_progress=progress)
             if source.video_id is None:
-                source = source.model_copy(update={"video_id": await asyncio.to_thread(self._keep_video, path)})
+                source = source.model_copy(update={"video_id": await run_io(self._keep_video, path)})
         except Sam3Error as exc:
             await self._manager("ingest_failed", sid, exc.code, exc.message)
             raise
@@ -173,7 +178,7 @@ class VideoSessions:
         record = await self.get(sid)
         self._check_index(record.video, index)
         try:
-            return (await asyncio.to_thread(self.store.get, keys.session_frame_key(self.tenant, sid, index))).data
+            return (await run_io(self.store.get, keys.session_frame_key(self.tenant, sid, index))).data
         except NotFound:
             raise NotFound(f"frame {index} is not stored yet", "frame_not_found") from None
 
@@ -199,7 +204,7 @@ class VideoSessions:
             frame.objects = [o for o in frame.objects if o.id not in removed]
             return frame
 
-        results = await asyncio.to_thread(lambda: [read(i) for i in range(start, last + 1)])
+        results = await run_io(lambda: [read(i) for i in range(start, last + 1)])
         return MasksResponse(frames=[r for r in results if r is not None],
                              missing=[start + k for k, r in enumerate(results) if r is None])
 
@@ -212,10 +217,11 @@ class VideoSessions:
         self._check_prompt(req)
         owner = await self._actor(sid)
         video = self._check_index(owner[1].video, req.frame_index)
+        check_masks(req, video)  # before the actor decodes any mask
         op, args = prompt_op(req)
         result, rebuilt = await self._call(sid, "apply", op, args, request_id, owner=owner)
-        frame = await asyncio.to_thread(encode_frame, result, video.height, video.width)
-        await asyncio.to_thread(self._persist, sid, frame)
+        frame = await run_cpu(encode_frame, result, video.height, video.width)
+        await run_io(self._persist, sid, frame)
         return VideoPromptResponse(request_id=request_id, frame_index=frame.frame_index, objects=frame.objects,
                                    prompt_to_obj_ids=result.prompt_to_obj_ids,
                                    prompted_obj_ids=result.prompted_obj_ids, rebuilt=rebuilt)
@@ -228,7 +234,7 @@ class VideoSessions:
     async def reset(self, sid: str, request_id: str) -> bool:
         _, rebuilt = await self._call(sid, "apply", "reset", {}, request_id)
         await self._manager("objects_changed", sid, reset=True)
-        await asyncio.to_thread(self._delete_masks, sid)
+        await run_io(self._delete_masks, sid)
         return rebuilt
 
     async def propagate(self, sid: str, req: PropagateRequest, request_id: str) -> AsyncGenerator[dict[str, Any], None]:
@@ -253,7 +259,7 @@ class VideoSessions:
                     yield {"type": item.status, "frames": item.frames, "progress": {"done": done, "total": total},
                            "stored": stored, "rebuilt": lease.rebuilt}
                     return
-                frame = await asyncio.to_thread(encode_frame, item, h, w)
+                frame = await run_cpu(encode_frame, item, h, w)
                 writes.append(self._store_behind(sid, frame))
                 done += 1
                 yield {"type": "frame", **frame.model_dump(), "progress": {"done": done, "total": total}}
@@ -290,7 +296,7 @@ class VideoSessions:
         cached = self._actors.get(sid)
         if cached is not None and cached[0] == lease.actor_name:
             return cached[1], lease
-        handle = await asyncio.to_thread(ray.get_actor, lease.actor_name, namespace=lease.namespace)
+        handle = await run_io(ray.get_actor, lease.actor_name, namespace=lease.namespace)
         self._actors[sid] = (lease.actor_name, handle)
         return handle, lease
 
@@ -331,7 +337,7 @@ class VideoSessions:
         kept referenced until it ends, so a stream whose client went away still stores what it sent."""
         async def write() -> None:
             async with self._write_slots:
-                await asyncio.to_thread(self._persist, sid, frame)
+                await run_io(self._persist, sid, frame)
 
         task = asyncio.create_task(write())
         self._writes.add(task)
@@ -386,6 +392,52 @@ class VideoSessions:
                 raise InvalidInput(f"objects[{i}] has over {limits.max_points_per_object} points", "too_many_points")
             if o.point_labels is not None and len(o.point_labels) != len(o.points or ()):
                 raise InvalidInput(f"objects[{i}]: one point_label per point", "point_labels_mismatch")
+
+
+def check_masks(req: VideoPromptRequest, video: VideoInfo) -> None:
+    """Every object mask is a well-formed COCO RLE of exactly the frame's size, checked on the compressed
+    string: the session actor decodes it (pycocotools allocates size[0] x size[1] bytes, ~10 GB for
+    [100000, 100000], and leaves pixels uninitialised when the runs cover fewer than that)."""
+    for i, o in enumerate(req.objects or []):
+        if o.mask is None:
+            continue
+        h, w = o.mask.size
+        if (h, w) != (video.height, video.width):
+            raise InvalidInput(f"objects[{i}].mask.size is [{h}, {w}], the video's frames are "
+                               f"[{video.height}, {video.width}]", "invalid_mask")
+        if rle_pixel_count(o.mask.counts) != h * w:
+            raise InvalidInput(f"objects[{i}].mask.counts is not a COCO RLE of {h} x {w} pixels", "invalid_mask")
+
+
+def rle_pixel_count(counts: str) -> int | None:
+    """The pixels a COCO compressed RLE string covers (the sum of its runs), or None when it is not one.
+    Vectorised (the string may be megabytes); the format is pycocotools' rleFrString: each run is 5-bit
+    groups in chars 48..111, 0x20 = more groups follow, 0x10 in the last group = negative, and from the
+    fourth value on each is a delta to the value two before it."""
+    if not counts:
+        return 0
+    if not counts.isascii():
+        return None
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    if c.min() < 0 or c.max() > 63:
+        return None
+    more = (c & 0x20) != 0
+    if more[-1]:
+        return None  # the last value is cut off
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 7:  # more than 35 bits: no run of a real mask
+        return None
+    shift = 5 * (np.arange(len(c)) - np.repeat(starts, lengths))
+    values = np.add.reduceat((c & 0x1F) << shift, starts)
+    values = np.where((c[ends] & 0x10) != 0, values - (np.int64(1) << (5 * lengths)), values)
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # deltas from the fourth value on: a running sum per parity
+    runs[2::2] = np.cumsum(values[2::2])
+    if runs.min() < 0 or runs.max() >= 2**32:  # pycocotools stores runs as uint32
+        return None
+    return int(runs.sum())
 
 
 def ndjson(message: dict[str, Any]) -> bytes:

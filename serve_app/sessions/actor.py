@@ -99,7 +99,8 @@ class SessionActor:
         cfg = model.model_copy(update={"model_id": video.model_id or model.model_id})
         self.runner = VideoRunner.from_config(
             cfg, score_threshold_detection=video.score_threshold_detection, new_det_thresh=video.new_det_thresh,
-            max_num_objects=video.max_num_objects, hotstart_delay=video.hotstart_delay)
+            max_num_objects=video.max_num_objects, hotstart_delay=video.hotstart_delay,
+            batch_objects=video.batch_tracker_objects)
         self.video_cfg = video
         self.store = open_store(storage)
         self.session: Any = None  # serve_app.model.video.VideoSession when attached

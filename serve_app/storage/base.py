@@ -24,8 +24,9 @@ CONDITIONAL_RECHECK_S, so a fixed server is picked up without a restart); `requi
 what jobs call before they create or claim anything: it raises Unavailable with code
 `storage_not_conditional` (Retry-After CONDITIONAL_RECHECK_S) while the store does not enforce them.
 
-The methods block (network or disk I/O). From asyncio code call them through `asyncio.to_thread`,
-e.g. `blob = await asyncio.to_thread(store.get, key)`; stores are thread-safe.
+The methods block (network or disk I/O). From asyncio code call them on a worker thread: in the pipelines the
+replica's bounded storage pool, `blob = await serve_app.pipelines.pools.run_io(store.get, key)` (elsewhere
+`asyncio.to_thread`); stores are thread-safe.
 """
 
 from __future__ import annotations

@@ -138,6 +138,23 @@ class S3Store(ArtifactStore):
             return NotFound(f"no object at {key}", "object_not_found")
         return Sam3Error(f"object storage rejected {op} ({code or status})", "storage_error")
 
+    def _from_foreign_error(self, exc: ClientError, url: str) -> Sam3Error:
+        """Any other refusal to read an `s3://` input (codes not mapped in get_from_bucket): never a 500.
+        Throttling, server errors and our own credentials failing are the dependency's trouble (503 +
+        Retry-After); otherwise the reference is the client's problem: 404 object_not_found, 403
+        url_forbidden, and 400 url_rejected for the rest (AuthorizationHeaderMalformed or PermanentRedirect:
+        a bucket in another region or on another endpoint; InvalidBucketName; ...)."""
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
+            return Unavailable(f"object storage refused get of {url} ({code or status})", "storage_unavailable",
+                               retry_after_s=self._retry_after_s)
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFound(f"no object at {url}", "object_not_found")
+        if status in (401, 403):
+            return Forbidden(f"the service may not read {url} ({code or status})", "url_forbidden")
+        return InvalidInput(f"object storage rejected the request for {url} ({code or status})", "url_rejected")
+
     # -- ArtifactStore -----------------------------------------------------------------------------
 
     def probe_conditional_writes(self) -> str | None:
@@ -188,7 +205,7 @@ class S3Store(ArtifactStore):
                         from exc
                 if code in _FOREIGN_KEY_CODES:
                     raise InvalidInput(f"object storage rejected the key of {url} ({code})", "invalid_url_key") from exc
-                raise
+                raise self._from_foreign_error(exc, url) from exc
             if resp["ContentLength"] > max_bytes:
                 resp["Body"].close()
                 raise PayloadTooLarge(f"s3://{bucket}/{key} is {resp['ContentLength']} bytes, limit {max_bytes}",

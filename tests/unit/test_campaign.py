@@ -47,14 +47,16 @@ def test_model_only_campaign_runs_without_the_serving_stack(tmp_path):
     click = sections["click"]["result"]
     assert {"cold_click", "warm_click_1_objects", "warm_batch_8", "automatic_16x16"} <= set(click)
     video = sections["video"]["result"]
-    assert [(r["workload"], r["objects"]) for r in video["single"]] == [("clicks", 1), ("clicks", 5), ("text", 1),
-                                                                       ("text", 5)]
+    assert [(r["workload"], r["objects"], r["batched"]) for r in video["single"]] == [
+        ("clicks", 1, True), ("clicks", 5, True), ("clicks", 5, False), ("text", 1, True), ("text", 5, True),
+        ("text", 5, False)]
     assert all(r["objects_tracked"] >= 1 and r["fps"] > 0 for r in video["single"])
     assert [r["sessions"] for r in video["concurrent"]] == [1, 2, 4]
     assert all(not r["errors"] and r["frames"] == r["sessions"] * video["frames"] for r in video["concurrent"])
     table = (out / "campaign.md").read_text()
     assert "| concept model-only, 2 prompt(s) | batch 1 p50 |" in table
-    assert "| video text 5 obj | frames/s (1 session) |" in table
+    assert "| video text 5 obj, batched tracker | frames/s (1 session) |" in table
+    assert "| video clicks 5 obj, per-object loop | frames/s (1 session) |" in table
     assert "not measured" not in table  # no section failed or was skipped
     assert (out / "campaign_concept.png").stat().st_size > 0
     assert not Path(sections["checkpoint"]["result"]).exists()  # the built checkpoint was removed

@@ -38,8 +38,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir):
+    # transformers' own per-object tracker loop: these tests compare with transformers' reference paths bit for
+    # bit (the batched tracker, the default, is compared with this loop in test_video_batching.py)
     r = VideoRunner.from_config(ModelConfig(model_id=tiny_model_dir, device="cpu"), score_threshold_detection=0.0,
-                                new_det_thresh=0.0, max_num_objects=3, hotstart_delay=0)
+                                new_det_thresh=0.0, max_num_objects=3, hotstart_delay=0, batch_objects=False)
     with torch.no_grad():  # pitfall 5: else the random tracker reports "no object" (masks all -1024)
         r.model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += 10
     return r

@@ -88,5 +88,5 @@ async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: i
     else:
         raw["prompts"] = [{"text": t} for t in form.getlist("text")]
     if "overlay" in raw:
-        raw["overlay"] = form_bool(raw["overlay"])
+        raw["overlay"] = form_bool(raw["overlay"], "overlay")
     return data, parse_model(ConceptOptions, raw)

@@ -76,4 +76,4 @@ async def _parse_multipart(request: Request, max_bytes: int) -> tuple[bytes, boo
     """multipart/form-data: one file in `file` or `image`, optional `precompute`."""
     data, form = await read_form_file(request, ("file", "image"), max_file_bytes=max_bytes,
                                       body_limit=max_bytes + 64 * 1024, max_fields=8)
-    return data, form_bool(form.get("precompute"))
+    return data, form_bool(form.get("precompute"), "precompute")

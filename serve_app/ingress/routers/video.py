@@ -4,7 +4,6 @@ playback of frames and stored masks). The work is in serve_app.pipelines.video."
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, Sam3Error, format_validation_errors
-from serve_app.ingress.body import content_kind, parse_model, read_json_model
+from serve_app.ingress.body import content_kind, loads_json, parse_model, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema, json_request_body
@@ -276,12 +275,15 @@ async def session_socket(sid: str, ws: WebSocket) -> None:
 
     try:
         while True:
-            try:
-                action = await ws.receive_json()
-            except (json.JSONDecodeError, ValueError):
-                await ws.send_json(_ws_error("malformed_json", "messages must be JSON objects", request_id))
+            try:  # loads_json bounds the nesting depth: `[[[[…` is an error message, not a RecursionError
+                action = loads_json(await _receive_text(ws), "message")
+            except InvalidInput as exc:
+                await ws.send_json(_ws_error(exc.code, exc.message, request_id))
                 continue
-            kind = action.get("action") if isinstance(action, dict) else None
+            if not isinstance(action, dict):
+                await ws.send_json(_ws_error("invalid_action", "messages must be JSON objects", request_id))
+                continue
+            kind = action.get("action")
             if kind == "start":
                 try:
                     req = PropagateRequest.model_validate({k: v for k, v in action.items() if k != "action"})
@@ -303,6 +305,16 @@ async def session_socket(sid: str, ws: WebSocket) -> None:
     finally:
         if pump is not None and not pump.done():
             pump.cancel()
+
+
+async def _receive_text(ws: WebSocket) -> str | bytes:
+    """The next message's payload (text, or binary frames as bytes for loads_json to decode)."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    if message.get("text") is not None:
+        return message["text"]
+    return message.get("bytes") or b""
 
 
 def _ws_error(code: str, message: str, request_id: str) -> dict[str, Any]:
