@@ -288,12 +288,26 @@ def video_section(model_dir: str, device: str, frames: int, full: bool) -> dict:
         free_cuda()
 
 
-def served_section(model_dir: str, cuda: bool, quick: bool) -> dict:
-    """The served benchmarks in this process's Ray: floor, concept and click over real HTTP."""
+def served_section(camp: Campaign, model_dir: str, cuda: bool, quick: bool) -> dict:
+    """The served benchmarks in this process's Ray: concept and click over real HTTP, each followed by the
+    floor (bench_floor: the same topology and payloads, no model work), and the overhead against the
+    model-only numbers of this run (bench_common.overhead)."""
     import bench_click
+    from bench_common import overhead
 
-    return {"concept": bench_concept.bench_served(model_dir, 2, 2 if quick else 4, 1 if cuda else 0),
-            "click": bench_click.bench_served(model_dir, 20 if quick else 50, 5 if quick else 10, 1 if cuda else 0)}
+    floor_iters = 10 if quick else 50
+    gpus = 1 if cuda else 0
+    concept = bench_concept.served_session(model_dir, 2, 2 if quick else 6, gpus, floor_iters=floor_iters)
+    click = bench_click.bench_served(model_dir, 20 if quick else 60, 5 if quick else 10, gpus, floor_iters=floor_iters)
+    model_concept = dig(camp.get("concept"), "curve", "2_prompts", 0, "p50_ms")
+    model_click = dig(camp.get("click"), "warm_click_1_objects", "p50_ms")
+    if model_concept is not None:
+        concept["overhead"] = overhead(concept["served"][0]["p50_ms"], model_concept,
+                                       concept["floor"]["image"]["c1"]["p50_ms"], concept["model_work_c1"]["p50_ms"])
+    if model_click is not None:
+        click["overhead"] = overhead(click["warm_click"]["p50_ms"], model_click, click["floor"]["click"]["c1"]["p50_ms"],
+                                     click["model_work_warm"]["p50_ms"])
+    return {"concept": concept, "click": click}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -358,9 +372,21 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
         rows.append((f"mask encoding {r['masks']} masks {r['width']}x{r['height']}", "p50 (CPU), old -> new",
                      f"{r['old']['p50_ms']:.1f} -> {r['new']['p50_ms']:.1f} ms (x{r['speedup_p50']:.1f})"))
     served = dig(s, "served", "result") or {}
-    for r in served.get("concept", []) if isinstance(served.get("concept"), list) else []:
-        rows.append((f"concept served, {r['concurrency']} clients", "p50",
-                     f"{r['p50_ms']:.1f} ms ({r['requests_per_s']:.1f} req/s)"))
+    for r in dig(served, "concept", "served") or []:
+        rows.append((f"concept served (2 prompts), {r['concurrency']} clients", "p50",
+                     f"{r['p50_ms']:.1f} ms ({r['requests_per_s']:.1f} req/s, mean batch {r['mean_batch_size']:.2f})"))
+    for key, label in (("warm_click", "warm click, 1 object"), ("cold_click", "cold click")):
+        if dig(served, "click", key) is not None:
+            rows.append((f"click served, {label}", "p50", f"{served['click'][key]['p50_ms']:.1f} ms"))
+    for route, floor_key in (("concept", "image"), ("click", "click")):
+        floor = dig(served, route, "floor", floor_key, "c1", "p50_ms")
+        if floor is not None:
+            rows.append((f"floor for {route} (no model work)", "p50, 1 client", f"{floor:.1f} ms"))
+        o = dig(served, route, "overhead")
+        if o:
+            rows.append((f"{route} serving overhead", "served p50 - replica model work (vs floor)",
+                         f"{o['served_minus_model_work_ms']:.1f} ms (floor {o['floor_p50_ms']:.1f} ms, "
+                         f"ratio {o['served_minus_model_work_over_floor']:.2f})"))
     for name, entry in s.items():
         if "error" in entry or "skipped" in entry:
             rows.append((name, "not measured", (entry.get("error") or entry.get("skipped", ""))[:120]))
@@ -475,7 +501,7 @@ def run_sections(camp: Campaign, args: argparse.Namespace, model_dir: str, devic
     if cuda and not args.quick:
         camp.section("concept_variants", lambda: concept_variants(camp, model_dir, device, iters), needs_s=30)
     if not args.skip_served and ray_installed():
-        camp.section("served", lambda: served_section(model_dir, cuda, args.quick), needs_s=60)
+        camp.section("served", lambda: served_section(camp, model_dir, cuda, args.quick), needs_s=60)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@
                  [--pending-timeout SECONDS]
       `serve run` on the config file with the model id / storage / HTTP address overridden (local development),
       run in this process; replicas Ray cannot place end it after --pending-timeout (exit 2, with what they
-      need vs what the cluster has), a failed deployment at once (exit 1). Ctrl-C stops it (exit 0).
+      need vs what the cluster has), a failed deployment at once (exit 1). A model that cannot be loaded (no
+      Hub, gated repo without HF_TOKEN, unknown id, not a SAM 3 checkpoint, transformers too old) or storage
+      that cannot be written at start ends it with ONE line, its cause and the fix (exit 1), not the
+      tracebacks; storage found unusable once the service runs is printed as a warning (it keeps serving, 503s
+      where storage is needed). Ctrl-C stops it (exit 0).
 
   sam3-serve cluster-status [-n NAMESPACE] [--name RAYSERVICE] [--kubeconfig PATH] [--dashboard-url URL]
       Print the deployment state as JSON; exit 0 when ready, 1 otherwise.
@@ -74,13 +78,14 @@ def _serve_run(config: dict, pending_timeout_s: float | None) -> int:
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.cluster.local import DeployFailed, NotRunning, wait_running
+    from serve_app.cluster.local import DeployFailed, NotRunning, quiet_known_tracebacks, wait_running
 
     schema = ServeDeploySchema.model_validate(config)
     if "." not in sys.path:  # as `serve run` (--app-dir .): import paths resolve from the working directory
         sys.path.insert(0, ".")
     if not ray.is_initialized():
         ray.init(namespace=SERVE_NAMESPACE)  # RAY_ADDRESS joins a running cluster, else a local one starts
+    quiet_known_tracebacks()  # a known startup failure: its one line, not the pages of traceback around it
     try:
         client = serve_private.serve_start(
             http_options=schema.http_options.model_dump(),
@@ -97,19 +102,52 @@ def _serve_run(config: dict, pending_timeout_s: float | None) -> int:
                          on_pending=lambda msg: print(msg, file=sys.stderr, flush=True))
         http = schema.http_options
         print(f"ready: http://{http.host}:{http.port}  (Ctrl-C stops)", flush=True)
+        warning = _storage_warning(http.host, http.port)
+        if warning:
+            print(f"sam3-serve run: warning: {warning}", file=sys.stderr, flush=True)
         while True:
             time.sleep(10)
     except KeyboardInterrupt:
         print("Got KeyboardInterrupt, shutting down...", flush=True)
         return 0
     except NotRunning as exc:
-        print(f"sam3-serve run: {exc}", file=sys.stderr, flush=True)
+        if isinstance(exc, DeployFailed) and exc.lines:  # known causes: the line(s) with cause and fix, as logged
+            print("\n".join(exc.lines), file=sys.stderr, flush=True)
+        else:
+            print(f"sam3-serve run: {exc}", file=sys.stderr, flush=True)
         return 1 if isinstance(exc, DeployFailed) else 2
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _storage_warning(host: str, port: int, wait_s: float = 15.0) -> str:
+    """The `storage` reason of GET /readyz on this service (its one line with cause and fix) when a test write
+    to the storage fails, else "" (storage works, or no answer within `wait_s`)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/readyz"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # /readyz may wait ~5 s for storage
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as err:  # 503: models not ready; the body still says how storage is
+            body = json.loads(err.read() or b"{}")
+        except (OSError, ValueError):  # the proxy not routing yet
+            body = {}
+        storage = body.get("storage") or {}
+        if storage.get("state") == "failed":
+            return str(storage.get("reason", ""))
+        if storage.get("state") == "ok":
+            return ""
+        time.sleep(1.0)
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:

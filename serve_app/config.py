@@ -103,6 +103,11 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, le=10, description="How long the first request of a batch waits for company."
     )
+    eager_when_idle: bool = Field(
+        True, description="A request that finds its replica idle (nothing else in flight) runs at once as a batch "
+        "of one instead of waiting batch_wait_timeout_s for company; under load requests queue and batches "
+        "form as configured. false = every request goes through the batch queue (deterministic batches in tests)."
+    )
 
 
 def _gpu_replica(**overrides) -> ReplicaConfig:
@@ -115,10 +120,7 @@ class ConceptConfig(StrictModel):
 
     replica: ReplicaConfig = Field(default_factory=_gpu_replica, description="Placement and scaling.")
     batching: BatchingConfig = Field(
-        # 2 ms, not BatchingConfig's 10: a lone request pays the whole wait; under load batches still form
-        # from the requests queued while both batches in flight run (see docs/PERFORMANCE.md, batch-size curve)
-        default_factory=lambda: BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.002),
-        description="Dynamic batching (the deployment's Serve user_config; see BatchingConfig)."
+        default_factory=BatchingConfig, description="Dynamic batching (the deployment's Serve user_config; see BatchingConfig)."
     )
     max_concurrent_batches: int = Field(
         2, ge=1, le=8, description="Batches in flight per replica (overlaps CPU pre/post with GPU work); "

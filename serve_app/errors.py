@@ -10,6 +10,7 @@ This module imports nothing else from serve_app.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,6 +114,63 @@ class ModelOutOfMemory(Unavailable):
     Retry-After: memory frees as other batches finish). The replica itself keeps serving."""
 
     code = "model_out_of_memory"
+
+
+class StartupFailure(Unavailable):
+    """Something the service needs at start cannot be used (the model checkpoint, the storage), for a known
+    cause with a known fix. `line` is the ONE log line that says so: `sam3-serve: cannot load the model 'X'
+    [model_gated]: <cause>. Fix: <fix>` (one line, whatever the cause's own text). `startup_lines` finds such
+    lines in any text (a Ray status message, a traceback, a log). `retryable`: a later attempt may work
+    (network down), as opposed to a wrong setting that only a person can fix."""
+
+    code = "startup_failure"
+
+    def __init__(self, subject: str, code: str, cause: str, fix: str, *, retry_after_s: int | None = None):
+        self.subject, self.cause, self.fix = _one_line(subject), _one_line(cause), _one_line(fix)
+        super().__init__(f"sam3-serve: {self.subject} [{code}]: {self.cause}. Fix: {self.fix}", code,
+                         retry_after_s=retry_after_s)
+
+    @property
+    def line(self) -> str:
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_STARTUP_CODES
+
+    def __reduce__(self):
+        return (_rebuild_startup, (type(self), self.subject, self.code, self.cause, self.fix, self.retry_after_s))
+
+
+def _rebuild_startup(cls, subject, code, cause, fix, retry_after_s):
+    return cls(subject, code, cause, fix, retry_after_s=retry_after_s)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).rstrip(".")
+
+
+# Startup failures a later attempt may get past by itself (the network or a server coming back).
+RETRYABLE_STARTUP_CODES = frozenset({"model_hub_unreachable", "storage_unreachable", "storage_unavailable"})
+_STARTUP_LINE = re.compile(r"sam3-serve: cannot [^\n\[]*\[[a-z0-9_]+\]: [^\n]*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def startup_lines(text: str) -> list[str]:
+    """The StartupFailure lines in `text` (e.g. a deployment's status message, which holds a traceback), each
+    once, in order of appearance."""
+    found: list[str] = []
+    for m in _STARTUP_LINE.finditer(_ANSI.sub("", text or "")):
+        line = m.group(0).rstrip()
+        if line not in found:
+            found.append(line)
+    return found
+
+
+def startup_code(line: str) -> str:
+    """The code of a StartupFailure line (`model_gated` of `sam3-serve: ... [model_gated]: ...`), else ""."""
+    m = re.search(r"\[([a-z0-9_]+)\]: ", line)
+    return m.group(1) if m else ""
 
 
 class Timeout(Sam3Error):

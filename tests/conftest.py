@@ -85,13 +85,14 @@ def serve_args(model_dir: str, storage: dict | None = None, **overrides) -> dict
         "model": {"model_id": model_dir},
         "concept": {
             "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
-            # A wait long enough that concurrent test requests reliably share a batch.
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
+            # A wait long enough that concurrent test requests reliably share a batch, and every request through
+            # the batch queue (no eager_when_idle): tests that count batches see deterministic ones.
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25, "eager_when_idle": False},
             "max_concurrent_batches": 1,
         },
         "click": {
             "replica": {"num_cpus": 1, "num_gpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64},
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "eager_when_idle": False},
             "cache_bytes": 8 * 1024 * 1024,  # ~60 tiny-model images (131 kB each in fp32)
             "max_objects": 4, "max_points_per_object": 8,  # see tests/integration/test_click_http.py
             "auto": {"points_per_side": 8, "max_points_per_side": 16, "points_per_batch": 32},

@@ -9,23 +9,46 @@ serve_app.model.protocols. torch is imported in the replica only, never by the c
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from ray import serve
 
-from serve_app.config import BatchingConfig
+from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.errors import Forbidden, Sam3Error
 from serve_app.model.protocols import BatchResult
 from serve_app.model.types import ModelInfo
 
 R = TypeVar("R")
 
+log = logging.getLogger(__name__)
+
 
 def import_runner(path: str) -> Any:
     """'package.module:Class' -> the class."""
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def load_runner(path: str, model: ModelConfig, section: Any) -> Any:
+    """`import_runner(path).from_config(model, section)`, in the replica (torch is imported here).
+
+    A checkpoint that cannot be loaded for a known reason (serve_app.model.loading.ModelLoadError: no Hub, gated
+    repo, unknown id, not a SAM 3 checkpoint, transformers too old) is logged as its ONE line, no traceback,
+    and raised without its chain (Ray puts the constructor's traceback in the deployment's status message,
+    where `errors.startup_lines` finds the line). Serve retries a failing constructor and marks the deployment
+    DEPLOY_FAILED after min(max_constructor_retry_count (20), 3 x target replicas) failures in a row (Ray
+    2.60, deployment_state.py `_failed_to_start_threshold`), so it does not crash-loop forever. Any other
+    exception keeps its traceback."""
+    from serve_app.model.loading import ModelLoadError, model_load_errors
+
+    try:
+        with model_load_errors(model):
+            return import_runner(path).from_config(model, section)
+    except ModelLoadError as err:
+        log.error("%s", err.line)
+        raise err.with_traceback(None) from None
 
 
 def raise_if_error(answer: BatchResult[R]) -> R:
@@ -67,6 +90,21 @@ class ModelDeployment:
             max_concurrent_batches=max_concurrent_batches,
         )(fn)
         self._batched = cast(BatchedCall, batched)  # Ray's wrapper has the setters its annotation omits
+        self._run_batch = fn
+        self._in_flight = 0
+
+    async def _submit(self, request: Any) -> Any:
+        """One request's answer (the batch protocol's value, see raise_if_error). Through the @serve.batch
+        queue, except when `batching.eager_when_idle` and nothing else is in flight on this replica: then it
+        runs at once as a batch of one, so at low load nobody waits batch_wait_timeout_s for company that is
+        not coming. Requests that arrive meanwhile queue and form batches as configured."""
+        self._in_flight += 1
+        try:
+            if self._in_flight == 1 and self.batching.eager_when_idle:
+                return (await self._run_batch([request]))[0]
+            return await self._batched(request)
+        finally:
+            self._in_flight -= 1
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve calls this with the deployment's user_config (a BatchingConfig) at start and on every

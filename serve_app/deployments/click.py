@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from serve_app.config import ClickConfig, ModelConfig
-from serve_app.deployments.base import ModelDeployment, import_runner, raise_if_error
+from serve_app.deployments.base import ModelDeployment, load_runner, raise_if_error
 from serve_app.errors import Sam3Error
 from serve_app.model.protocols import ClickAnswer
 from serve_app.model.types import AutoRequest, AutoResponse, ClickRequest, ClickResponse, EmbeddingMiss
@@ -57,7 +57,7 @@ class CacheMetrics:
 @serve.deployment
 class ClickSegmenter(ModelDeployment):
     def __init__(self, model: ModelConfig, click: ClickConfig, *, runner: str = DEFAULT_RUNNER, debug: bool = False):
-        self.runner = import_runner(runner).from_config(model, click)  # torch is imported here, in the replica
+        self.runner = load_runner(runner, model, click)  # torch is imported here; a bad checkpoint: one line
         self.debug_enabled = debug
         self._init_batching(click.batching, self._segment_batch)
         self._batch_size = Histogram("sam3_click_batch_size", description="Click requests per decoder batch",
@@ -70,11 +70,11 @@ class ClickSegmenter(ModelDeployment):
     async def segment(self, request: ClickRequest) -> ClickResponse | EmbeddingMiss:
         """Masks for the objects of one request, or EmbeddingMiss (retry with pixels). Raises the request's
         own InvalidInput (prompts that do not fit the image)."""
-        return raise_if_error(await self._batched(request))
+        return raise_if_error(await self._submit(request))
 
     async def embed(self, cache_key: str, pixels: np.ndarray, original_hw: tuple[int, int]) -> bool:
         """Make sure `cache_key`'s embedding is cached (pixels: uint8 (S,S,3)). True if it already was."""
-        out = raise_if_error(await self._batched(ClickRequest(cache_key, (), pixels, original_hw)))
+        out = raise_if_error(await self._submit(ClickRequest(cache_key, (), pixels, original_hw)))
         if not isinstance(out, ClickResponse):  # with pixels the runner never answers EmbeddingMiss
             raise Sam3Error(f"embedding {cache_key!r}: unexpected answer {type(out).__name__}")
         return out.cache_hit

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 from serve_app.config import ConceptConfig, ModelConfig
-from serve_app.deployments.base import ModelDeployment, import_runner, raise_if_error
+from serve_app.deployments.base import ModelDeployment, load_runner, raise_if_error
 from serve_app.model.protocols import ConceptAnswer
 from serve_app.model.types import ConceptRequest, ConceptResponse
 
@@ -29,7 +29,7 @@ DEFAULT_RUNNER = "serve_app.model.concept:ConceptRunner"
 class ConceptSegmenter(ModelDeployment):
     def __init__(self, model: ModelConfig, concept: ConceptConfig, *, runner: str = DEFAULT_RUNNER,
                  debug: bool = False):
-        self.runner = import_runner(runner).from_config(model, concept)  # torch is imported here, in the replica
+        self.runner = load_runner(runner, model, concept)  # torch is imported here; a bad checkpoint: one line
         self.debug_enabled = debug
         self._init_batching(concept.batching, self._segment_batch, concept.max_concurrent_batches)
         self._batch_size = Histogram("sam3_concept_batch_size", description="Requests per model batch",
@@ -41,7 +41,7 @@ class ConceptSegmenter(ModelDeployment):
 
     async def segment(self, request: ConceptRequest) -> ConceptResponse:
         """Instances for every prompt of one image. Raises the request's own Sam3Error."""
-        return raise_if_error(await self._batched(request))
+        return raise_if_error(await self._submit(request))
 
     async def _segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptAnswer]:
         # The model runs in a worker thread: the replica's event loop keeps accepting requests (and

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import ray
 from ray import serve
 
 from serve_app.config import AppConfig
-from serve_app.errors import Conflict, NotFound, Overloaded
+from serve_app.errors import Conflict, NotFound, Overloaded, StartupFailure, startup_lines
 from serve_app.sessions.actor import AttachInfo, SessionActor
 from serve_app.sessions.records import (
     ActorRef,
@@ -86,11 +87,11 @@ def gpu_share(cfg: AppConfig) -> float:
 class SessionManager:
     # async: Serve awaits it on the replica's event loop, where the pool and reaper tasks must run
     async def __init__(self, config: AppConfig):  # type: ignore[misc]  # mypy rejects any async __init__
-        from serve_app.storage import open_store
+        from serve_app.storage.check import open_store_explained
 
         self.cfg = config
         self.video = config.video
-        self.records = SessionStore(open_store(config.storage), config.storage.default_tenant)
+        self.records = SessionStore(open_store_explained(config.storage), config.storage.default_tenant)
         self.gpu_fraction = gpu_share(config)
         self.pool: list[tuple[str, Any]] = []  # warm, unattached actors
         self.owners: dict[str, _Owner] = {}  # session id -> its actor (on this replica)
@@ -303,16 +304,39 @@ class SessionManager:
 
     # ------------------------------------------------------------------ background
     async def _fill_pool(self) -> None:
-        """Keep `video.warm_pool` actors with the model loaded (started one at a time)."""
+        """Keep `video.warm_pool` actors with the model loaded (started one at a time). An actor that cannot
+        load the model for a known reason (a StartupFailure from its `ready`: no Hub, gated repo, not a
+        checkpoint, ...) is logged as that ONE line, once, not per try: the pool stops for a setting only a
+        person can fix (a session then answers the same error), and retries after a growing pause (30 s, then
+        doubling up to 10 min) for a Hub that may come back. Other failures keep their traceback and back off
+        too (2 s doubling up to 10 min), so a broken actor never restarts in a tight loop."""
+        backoff_s, last_line = 0.0, None
         while True:
+            handle = None
             try:
                 if len(self.pool) < self.video.warm_pool:
                     name, handle = self._start_actor()
                     await handle.ready.remote()
                     self.pool.append((name, handle))
+                    backoff_s = 0.0
                     continue
-            except Exception:
-                log.exception("warm pool: an actor failed to start")
+            except Exception as exc:
+                if handle is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle)
+                line = exc.line if isinstance(exc, StartupFailure) else next(iter(startup_lines(str(exc))), None)
+                if line is None:
+                    backoff_s = min(max(2 * backoff_s, 2.0), 600.0)
+                    log.exception("warm pool: a session actor failed to start (next try in %.0f s)", backoff_s)
+                else:
+                    if line != last_line:
+                        log.error("%s", line)
+                    last_line = line
+                    if not getattr(exc, "retryable", False):
+                        return
+                    backoff_s = min(max(2 * backoff_s, 30.0), 600.0)
+                await asyncio.sleep(backoff_s)
+                continue
             await asyncio.sleep(1.0)
 
     async def _reaper(self) -> None:

@@ -18,16 +18,19 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
+from starlette.types import Message, Receive
 
 from serve_app.config import LimitsConfig
 from serve_app.errors import (
     InvalidInput,
     PayloadTooLarge,
+    Sam3Error,
     UnsupportedMediaType,
     ValidationFailed,
     format_validation_errors,
 )
 from serve_app.pipelines.image_library import base64_chars
+from serve_app.pipelines.pools import run_cpu
 
 M = TypeVar("M", bound=BaseModel)
 _TRUE = ("1", "true", "yes", "on")
@@ -87,6 +90,22 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def capped_receive(receive: Receive, limit: int) -> Receive:
+    """An ASGI `receive` that raises 413 body_too_large once more than `limit` body bytes came through it."""
+    seen = 0
+
+    async def capped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body is over {limit} bytes", "body_too_large")
+        return message
+
+    return capped
+
+
 async def read_form_file(
     request: Request, names: tuple[str, ...], *, max_file_bytes: int, body_limit: int, max_fields: int
 ) -> tuple[bytes, FormData]:
@@ -94,7 +113,12 @@ async def read_form_file(
     the whole form for the other fields. 413 for a declared body over `body_limit`, 400 for bad framing."""
     _check_declared_length(request, body_limit)
     try:
-        form = await request.form(max_files=1, max_fields=max_fields)
+        # parsed from a stream that fails at body_limit bytes: a body without Content-Length (chunked) is cut
+        # off there, before more of it is spooled to disk
+        form = await Request(request.scope, capped_receive(request.receive, body_limit)).form(
+            max_files=1, max_fields=max_fields)
+    except Sam3Error:
+        raise
     except Exception as exc:  # malformed multipart framing
         raise InvalidInput(f"malformed multipart body: {exc}", "malformed_multipart") from exc
     upload = next((form.get(n) for n in names if form.get(n) is not None), None)
@@ -107,11 +131,14 @@ async def read_form_file(
     return data, form
 
 
-def parse_model(model: type[M], data: object) -> M:
+def parse_model(model: type[M], data: object, *, strict: bool = False) -> M:
     """Validate `data` against a wire model. Pydantic errors become a 422 validation_error with the field
-    paths, or the 400 with a specific code that `_ERROR_CODES` gives the first error that has one."""
+    paths, or the 400 with a specific code that `_ERROR_CODES` gives the first error that has one.
+
+    `strict` for data parsed from JSON: the JSON types must match the schema (a boolean is no number, a
+    string no integer; lax mode would take `true` as 1). Multipart forms (all values strings) are lax."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         specific = _specific_error(errors)
@@ -194,8 +221,18 @@ def content_kind(request: Request) -> str:
 
 
 
+INLINE_PARSE_BYTES = 64 * 1024  # bodies up to this are parsed on the event loop (a thread hop costs more)
+
+
 async def read_json_model(request: Request, model: type[M], limit: int) -> M:
-    """A JSON body (415 for another content type) of at most `limit` bytes, validated as `model`."""
-    if content_kind(request) != "json":
-        raise UnsupportedMediaType("Content-Type must be application/json", "unsupported_media_type")
-    return parse_model(model, parse_json_body(await read_capped(request, limit)))
+    """A JSON body (415 for another content type) of at most `limit` bytes, validated as `model`. Larger
+    bodies than INLINE_PARSE_BYTES (inline base64 images, mask_input handles: up to tens of MB) are parsed
+    and validated on the CPU pool, so one big request does not stall the others on this replica."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'}",
+                                   "unsupported_media_type")
+    raw = await read_capped(request, limit)
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return parse_model(model, parse_json_body(raw), strict=True)
+    return await run_cpu(lambda: parse_model(model, parse_json_body(raw), strict=True))

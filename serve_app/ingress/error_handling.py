@@ -109,11 +109,30 @@ def install_error_handling(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(request_id_of(request), exc.status_code, code, str(exc.detail))
+        response = error_response(request_id_of(request), exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: list every method of the path (Starlette names one route's)
+            response.headers["Allow"] = _allowed_methods(request) or response.headers.get("Allow", "")
+        return response
 
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception):
         return _unhandled(request, exc)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods some route of the app fully matches for the request's path ("GET, POST"), asked through
+    each route's own `matches` (included routers resolve their nesting themselves)."""
+    from starlette.routing import Match
+
+    def routed(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(dict(scope))[0] == Match.FULL for route in request.app.router.routes)
+
+    return ", ".join(m for m in _METHODS if routed(m))
 
 
 def _unhandled(request: Request, exc: BaseException) -> JSONResponse:

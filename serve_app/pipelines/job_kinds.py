@@ -23,7 +23,7 @@ from serve_app.schemas import ConceptImageRequest
 def parse_concept_input(input: dict) -> ConceptImageRequest:
     """The job input as a ConceptImageRequest (422 with the first problem otherwise)."""
     try:
-        return ConceptImageRequest.model_validate(input)
+        return ConceptImageRequest.model_validate(input, strict=True)  # JSON: `true` is no number
     except ValidationError as exc:
         raise ValidationFailed("input: " + format_validation_errors(exc.errors()), "invalid_job_input") from None
 

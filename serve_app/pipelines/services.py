@@ -20,8 +20,8 @@ from serve_app.pipelines.image_library import ImageLibrary
 from serve_app.pipelines.job_kinds import job_kinds
 from serve_app.pipelines.remote import ModelClient
 from serve_app.pipelines.results import ResultPublisher
-from serve_app.storage import open_store
 from serve_app.storage.base import ArtifactStore
+from serve_app.storage.check import open_store_explained
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Services:
     def create(cls, cfg: AppConfig, concept_handle: Any) -> Services:
         """`concept_handle`: the ConceptSegmenter DeploymentHandle."""
         pools.configure(cfg.ingress.cpu_threads, cfg.storage.io_threads)
-        store = open_store(cfg.storage)
+        store = open_store_explained(cfg.storage)  # a directory that cannot be written: one line, the fix
         images = ImageLibrary(store, cfg.storage, cfg.limits)
         concept = ConceptPipeline(ModelClient(concept_handle, cfg.ingress.model_timeout_s), images, cfg.limits)
         jobs = JobService(store, cfg.jobs, job_kinds(concept), tenant=cfg.storage.default_tenant)

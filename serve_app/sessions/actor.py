@@ -91,16 +91,27 @@ class SessionActor:
     def __init__(self, model: ModelConfig, video: VideoConfig, storage: StorageConfig, gpu_fraction: float = 0.0):
         import torch
 
-        from serve_app.model.video import VideoRunner
+        from serve_app.model.loading import ModelLoadError, model_load_errors
 
         if gpu_fraction > 0 and torch.cuda.is_available():
             # Ray's GPU share is only a scheduling token: cap this process's allocator to the same share.
             torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
         cfg = model.model_copy(update={"model_id": video.model_id or model.model_id})
-        self.runner = VideoRunner.from_config(
-            cfg, score_threshold_detection=video.score_threshold_detection, new_det_thresh=video.new_det_thresh,
-            max_num_objects=video.max_num_objects, hotstart_delay=video.hotstart_delay,
-            batch_objects=video.batch_tracker_objects)
+        # A checkpoint that cannot be loaded for a known reason (ModelLoadError: one line with cause and fix) does
+        # not fail the constructor (Ray would print the creation task's traceback and a dying worker's stack):
+        # the actor stays up without a model and `ready` raises the error, for the SessionManager to log once.
+        self.load_error: Exception | None = None
+        try:
+            with model_load_errors(cfg):
+                from serve_app.model.video import VideoRunner
+
+                self.runner = VideoRunner.from_config(
+                    cfg, score_threshold_detection=video.score_threshold_detection,
+                    new_det_thresh=video.new_det_thresh, max_num_objects=video.max_num_objects,
+                    hotstart_delay=video.hotstart_delay, batch_objects=video.batch_tracker_objects)
+        except ModelLoadError as err:
+            self.load_error = err.with_traceback(None)
+            self.runner = None  # type: ignore[assignment]  # never reached: callers go through `ready` first
         self.video_cfg = video
         self.store = open_store(storage)
         self.session: Any = None  # serve_app.model.video.VideoSession when attached
@@ -117,7 +128,10 @@ class SessionActor:
 
     # ------------------------------------------------------------------ lifecycle
     def ready(self) -> dict[str, Any]:
-        """Answers once the model is loaded (pool warm-up, pending-resource checks)."""
+        """Answers once the model is loaded (pool warm-up, pending-resource checks); raises the constructor's
+        ModelLoadError when the model could not be loaded."""
+        if self.load_error is not None:
+            raise self.load_error
         return {"model": self.runner.info.model_id, "device": self.runner.info.device,
                 "session_id": self.session_id}
 

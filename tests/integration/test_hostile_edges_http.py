@@ -2,6 +2,7 @@
 (tests/conftest.py `serve_url`):
 
 - x-request-id is sent exactly once on every kind of response (the Serve proxy sets it; the app adds none).
+- An undocumented method is a 405 with `Allow` (through the Serve proxy); JSON booleans are no numbers (422).
 - The video WebSocket survives hostile messages (JSON nested past the limit, binary frames, non-objects): each
   gets an error message and the socket stays open.
 - A video mask prompt whose RLE `size` is not the frame size, or whose `counts` is not an RLE of that size,
@@ -51,6 +52,12 @@ def test_x_request_id_is_sent_exactly_once(serve_url, method, path, kwargs, stat
         assert r.json()["error"]["request_id"] == rid
 
 
+def test_an_undocumented_method_is_405_with_allow_through_serve(serve_url):
+    for method, path, allow in [("PUT", "/v1/jobs", "GET, POST"), ("TRACE", "/v1/video/sessions/abc", "DELETE, GET")]:
+        r = requests.request(method, serve_url + path, timeout=T)
+        assert (r.status_code, r.headers.get("Allow")) == (405, allow), r.text
+
+
 # -- video: WebSocket messages and mask prompts --------------------------------------------------------------
 
 
@@ -70,8 +77,9 @@ def _prompt(serve_url: str, sid: str, body: dict) -> requests.Response:
     """POST .../prompts, retrying while the session's actor starts (409 session_starting)."""
     def attempt():
         r = requests.post(f"{serve_url}/v1/video/sessions/{sid}/prompts", json=body, timeout=T)
-        return None if r.status_code == 409 and r.json()["error"]["code"] == "session_starting" else r
-    return wait_for(attempt, 120, "the session actor to start", interval_s=0.5)
+        # (r,): a Response is falsy when its status is not 2xx
+        return None if r.status_code == 409 and r.json()["error"]["code"] == "session_starting" else (r,)
+    return wait_for(attempt, 120, "the session actor to start", interval_s=0.5)[0]
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -95,6 +103,17 @@ def test_a_mask_prompt_of_another_size_is_rejected_before_decoding(serve_url, se
     assert r.json()["prompted_obj_ids"] == [3]
 
 
+def test_json_booleans_are_not_numbers(serve_url, session_id):
+    """Found by the fuzzer: `"max_frames": true` was taken as 1 (lax validation) and the propagation ran."""
+    for path, body in [(f"/v1/video/sessions/{session_id}/propagate", {"max_frames": True}),
+                       (f"/v1/video/sessions/{session_id}/prompts", {"frame_index": False, "text": "car"}),
+                       ("/v1/pcs/image", {"image": {"base64": b64(png_bytes())}, "prompts": [{"text": "car"}],
+                                          "threshold": True}),
+                       ("/v1/pvs/image", {"image_id": "0" * 64, "objects": [{"points": [[True, 1]]}]})]:
+        r = requests.post(serve_url + path, json=body, timeout=T)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error"), (path, r.text)
+
+
 def test_websocket_answers_hostile_messages_and_stays_open(serve_url, session_id):
     from websockets.sync.client import connect
 
@@ -103,6 +122,8 @@ def test_websocket_answers_hostile_messages_and_stays_open(serve_url, session_id
         assert message["type"] == "error", message
         return message["error"]["code"]
 
+    r = _prompt(serve_url, session_id, {"frame_index": 0, "objects": [{"obj_id": 1, "points": [[20, 20]]}]})
+    assert r.status_code == 200, r.text  # something to propagate
     with connect(serve_url.replace("http", "ws") + f"/v1/video/sessions/{session_id}/ws", max_size=None) as ws:
         ws.send("[" * 100_000)  # json.loads would raise RecursionError (it used to kill the handler)
         assert error_code(ws) == "json_too_deep"
@@ -114,6 +135,8 @@ def test_websocket_answers_hostile_messages_and_stays_open(serve_url, session_id
         assert error_code(ws) == "malformed_json"
         ws.send("[1, 2]")
         assert error_code(ws) == "invalid_action"
+        ws.send(json.dumps({"action": "start", "max_frames": True}))
+        assert error_code(ws) == "validation_error"
         ws.send(json.dumps({"action": "start", "direction": "forward", "max_frames": 1}))  # still serving
         messages = [json.loads(ws.recv(timeout=120)) for _ in range(3)]
         assert [m["type"] for m in messages] == ["frame", "frame", "done"], messages

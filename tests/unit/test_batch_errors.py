@@ -364,7 +364,8 @@ def test_deployment_raises_each_error_only_to_its_caller(tiny_model_dir, monkeyp
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     cls = ConceptSegmenter.func_or_class
     seg = cls(ModelConfig(model_id=tiny_model_dir),
-              ConceptConfig(batching=BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.2)), debug=True)
+              ConceptConfig(batching=BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.2, eager_when_idle=False)),
+              debug=True)
     seg.debug_poison_text("poison-z")
     reqs = [request(1), request(2, "poison-z"), request(3), request(4)]
 

@@ -170,3 +170,45 @@ def test_retry_after_comes_from_config_unless_the_error_has_its_own():
 def test_a_stray_timeout_outside_a_model_call_is_a_bug_not_a_504():
     r = _app_raising(TimeoutError("socket")).get("/boom")
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+
+
+def test_chunked_multipart_without_content_length_is_cut_off_at_the_limit(client):
+    """No Content-Length to check up front: the body is counted while it streams and refused once over the
+    limit (200 kB image + 1 MiB of form fields here), not spooled to the end first."""
+    boundary = "sam3boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+    def body():
+        yield head
+        for _ in range(64):  # 64 x 64 kB = 4 MiB, far over the limit
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/v1/pcs/image", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    # body_too_large (the stream's cap), not image_too_large (what reading the spooled file would say)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert r.headers["x-request-id"]
+    ok = client.post("/v1/pcs/image", files={"image": ("x.png", png_bytes(), "image/png")}, data={"text": "car"})
+    assert ok.status_code == 200  # the replica serves on
+
+
+def test_large_json_bodies_are_parsed_off_the_event_loop(client, monkeypatch):
+    """Bodies over INLINE_PARSE_BYTES are parsed and validated on the CPU pool; small ones inline."""
+    from serve_app.ingress import body as body_module
+
+    calls = []
+    real = body_module.run_cpu
+
+    async def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(body_module, "run_cpu", counting)
+    from tests.helpers import b64
+
+    small = {"image": {"base64": b64(png_bytes())}, "prompts": [{"text": "car"}]}
+    assert client.post("/v1/pcs/image", json=small).status_code == 200
+    assert calls == []
+    big = {**small, "padding_that_is_not_a_field": "x" * (body_module.INLINE_PARSE_BYTES + 1)}
+    r = client.post("/v1/pcs/image", json=big)
+    assert r.status_code == 422 and len(calls) == 1  # an unknown field: rejected, by the pool's parse

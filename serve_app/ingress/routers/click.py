@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from serve_app.codecs.image_decode import DecodedImage
 from serve_app.config import AppConfig
@@ -13,13 +13,15 @@ from serve_app.ingress.body import image_body_limit, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import json_request_body
+from serve_app.ingress.responses import json_response
 from serve_app.pipelines.click import validate_objects
 from serve_app.schemas import ClickImageRequest, ClickImageResponse, ErrorBody, ImageByIdOrRef
 from serve_app.storage import keys
 
 router = APIRouter(tags=["clicks"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 403, 404, 409, 413, 415, 422, 429, 503, 504)}
 _MASK_INPUT_BYTES = 512 * 1024  # a mask_input handle of a 288x288 model is ~200 kB of base64 at worst
 
 
@@ -50,8 +52,8 @@ async def resolve_image(ctx: IngressContext, req: ImageByIdOrRef) -> tuple[str, 
     description="Points/boxes are pixels of the original (EXIF-rotated) image. Send each object's "
     "`mask_input` from the previous answer with the next click to refine it.",
 )
-async def segment_clicks(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> ClickImageResponse:
+async def segment_clicks(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> Response:
     req = await read_json_model(request, ClickImageRequest, body_limit(ctx.config))
     validate_objects(req, ctx.config.click)  # before any image I/O
     image_id, image = await resolve_image(ctx, req)
-    return await ctx.click.segment(image_id, image, req, request_id_of(request))
+    return await json_response(await ctx.click.segment(image_id, image, req, request_id_of(request)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from serve_app.ingress.body import (
     content_kind,
@@ -18,7 +18,9 @@ from serve_app.ingress.body import (
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema
+from serve_app.ingress.responses import json_response
 from serve_app.pipelines.concept import url_response, validate_options, with_inline_overlay
+from serve_app.pipelines.pools import run_cpu
 from serve_app.schemas import (
     ConceptImageRequest,
     ConceptImageResponse,
@@ -42,7 +44,8 @@ _FORM_SCHEMA = {
         "overlay": {"type": "boolean"}, "return": {"type": "string", "enum": ["inline", "url"]},
     },
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503, 504)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 403, 404, 409, 413, 415, 422, 429, 503, 504)}
 
 
 @router.post(
@@ -58,7 +61,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
     }}},
 )
 async def segment_concepts(request: Request,
-                           ctx: Annotated[IngressContext, Depends(get_context)]) -> ConceptImageResponse | ConceptUrlResponse:
+                           ctx: Annotated[IngressContext, Depends(get_context)]) -> Response:
     services = ctx.services
     limits = services.config.limits
     body_limit = image_body_limit(limits)
@@ -73,9 +76,11 @@ async def segment_concepts(request: Request,
         validate_options(opts, limits)
     response, overlay_png = await services.concept.segment(data, opts, request_id_of(request))
     if opts.return_ == "inline":
-        return with_inline_overlay(response, overlay_png)
+        if overlay_png is not None:  # base64 of a PNG of up to max_overlay_pixels: not on the event loop
+            response = await run_cpu(with_inline_overlay, response, overlay_png)
+        return await json_response(response)
     urls = await services.results.publish(response.model_dump_json(exclude_none=True).encode(), overlay_png)
-    return url_response(response, urls)
+    return await json_response(url_response(response, urls))
 
 
 async def _parse_multipart(request: Request, body_limit: int, max_image_bytes: int) -> tuple[bytes, ConceptOptions]:

@@ -32,7 +32,7 @@ _FORM_SCHEMA = {
 @router.post(
     "/v1/images",
     response_model=ImageUploadResponse,
-    responses={code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503, 504)},
+    responses={code: {"model": ErrorBody} for code in (400, 403, 404, 409, 413, 415, 422, 429, 503, 504)},
     summary="Upload an image for clicks (POST /v1/pvs/image) and automatic masks",
     description="Multipart (`file` or `image` field) or JSON {\"image\": {\"base64\"|\"upload_id\"|\"url\": ...}}. "
     "Returns image_id = sha256 of the bytes (re-uploads dedupe). With precompute (default true) the image "

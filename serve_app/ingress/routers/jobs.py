@@ -63,7 +63,7 @@ async def _dispatch(ctx: IngressContext, job_id: str) -> None:
     status_code=202,
     response_model=JobView,
     response_model_exclude_none=True,
-    responses={code: {"model": ErrorBody} for code in (400, 409, 413, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 409, 413, 415, 422, 503)},
     summary="Submit a job (202 + Location); poll GET /v1/jobs/{job_id}",
     openapi_extra=json_request_body(JobRequest),
     description="An `Idempotency-Key` header makes retries safe: the same key with the same body returns "

@@ -62,7 +62,7 @@ def _rebuilt_headers(rebuilt: bool) -> dict[str, str]:
     status_code=201,
     response_model=SessionView,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses={**ERRORS, 403: {"model": ErrorBody}},
     summary="Create a video session: the video is decoded into frames (PyAV) and stored",
     description="Multipart `video` file (+ `max_frames`, `fps`), or JSON {\"video\": {\"upload_id\"|\"url\"|"
     "\"video_id\"}}. The processing fps is min(source fps, fps, video.limits.max_frames / duration).",
@@ -286,7 +286,8 @@ async def session_socket(sid: str, ws: WebSocket) -> None:
             kind = action.get("action")
             if kind == "start":
                 try:
-                    req = PropagateRequest.model_validate({k: v for k, v in action.items() if k != "action"})
+                    req = PropagateRequest.model_validate({k: v for k, v in action.items() if k != "action"},
+                                                         strict=True)
                 except ValidationError as exc:
                     await ws.send_json(_ws_error("validation_error", format_validation_errors(exc.errors()),
                                                  request_id))

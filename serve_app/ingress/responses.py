@@ -1,0 +1,17 @@
+"""JSON answers of the routes whose bodies can be large (masks): serialised once, by pydantic-core, on the CPU
+pool. Returning the model itself would make FastAPI validate it again against `response_model` and encode it
+on the event loop (tens of ms for a few MB of RLE, during which no other request moves). The routes keep
+`response_model` in their decorators: the OpenAPI document is unchanged."""
+
+from __future__ import annotations
+
+from fastapi import Response
+from pydantic import BaseModel
+
+from serve_app.pipelines.pools import run_cpu
+
+
+async def json_response(model: BaseModel, *, exclude_none: bool = True, status_code: int = 200) -> Response:
+    """`model` as application/json; exclude_none as the route's response_model_exclude_none."""
+    body = await run_cpu(model.model_dump_json, exclude_none=exclude_none)
+    return Response(content=body, status_code=status_code, media_type="application/json")
