@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import DeployError, base_parser, deploy_or_fail, pyplot, setup, summary, write_result
+from bench_common import DeployError, base_parser, deploy_or_fail, pyplot, setup, stop_ray, summary, write_result
 
 TEXT = "red disc"
 STATE_SIZE = (48, 64)  # (h, w) of the synthetic frames of the state measurement
@@ -342,18 +342,10 @@ class Served:
         self.tenant = AppConfig().storage.default_tenant
 
     def stop(self) -> None:
-        import ray
-        from ray import serve
-
         try:
-            if ray.is_initialized():
-                try:
-                    serve.shutdown()
-                finally:
-                    ray.shutdown()
+            stop_ray(self.tmp)
         finally:
-            for path in (self.tmp, self.store_dir):
-                shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(self.store_dir, ignore_errors=True)
 
     # -------------------------------------------------------------- helpers
     def pool(self) -> dict:

@@ -185,3 +185,14 @@ def format_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
         parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes/contexts, outermost first (cycles cut, at most 20): where start-up failures are
+    classified (model loading, storage checks), the telling error is often a cause deep in the chain."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 20:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from serve_app.config import ModelConfig
-from serve_app.errors import StartupFailure
+from serve_app.errors import StartupFailure, exception_chain
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +240,6 @@ def check_checkpoint_dir(model_id: str) -> None:
                                 "the directory has no weights (model.safetensors or pytorch_model.bin)", FIX_CHECKPOINT)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and its causes/contexts, outermost first (cycles cut)."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < 20:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
 def _brief(exc: BaseException) -> str:
     text = re.sub(r" \(/[^)]*\)$", "", " ".join(str(exc).split()))  # ImportError's "(/path/to/__init__.py)"
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
@@ -292,7 +282,7 @@ def classify_load_error(exc: BaseException, model_id: str, *, offline: bool = Fa
     """The known reason `exc` (raised while loading `model_id`, with its causes) stands for, as a
     ModelLoadError with the fix; None when it is not a known reason (keep its traceback). `offline`: downloads
     were not allowed (HF_HUB_OFFLINE=1, local_files_only)."""
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, ModelLoadError):
             return e

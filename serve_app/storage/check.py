@@ -16,7 +16,7 @@ import os
 from urllib.parse import unquote, urlparse
 
 from serve_app.config import StorageConfig
-from serve_app.errors import StartupFailure
+from serve_app.errors import StartupFailure, exception_chain
 from serve_app.storage.base import ArtifactStore
 from serve_app.storage.keys import RESERVED_PREFIX, new_id
 
@@ -42,15 +42,6 @@ class StorageError(StartupFailure):
         return cls(f"cannot use the storage {cfg.uri!r}", code, cause, fix)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < 20:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
 def _local_dir(cfg: StorageConfig) -> str:
     return unquote(urlparse(cfg.uri).path)
 
@@ -63,7 +54,7 @@ def _endpoint(cfg: StorageConfig) -> str:
 def classify_storage_error(exc: BaseException, cfg: StorageConfig) -> StorageError | None:
     """The known reason behind `exc` (raised while opening or using the storage of `cfg`, with its causes) as a
     StorageError with the fix; None when the reason is not known."""
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, StorageError):
             return e
