@@ -39,7 +39,8 @@ def app(serve_url, tiny_model_dir, module_seaweedfs):
     from serve_app.app import build_app
 
     args = serve_args(tiny_model_dir, storage=s3_storage_config(module_seaweedfs).model_dump(),
-                      concept={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 5.0}},
+                      concept={"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 5.0,
+                                            "eager_when_idle": False}},  # a lone job call waits too
                       video={"warm_pool": 0})  # no idle video actor: no video here
     serve.run(build_app(args), name=APP, route_prefix="/x")
     yield f"{serve_url}/x", AppConfig.model_validate(args)
@@ -53,8 +54,14 @@ def job_service(cfg: AppConfig) -> JobService:
 
 
 def wait_running(jobs: JobService, job_id: str, timeout_s: float = 30) -> JobRecord:
-    """The job's record once a worker claimed it (status running)."""
-    return wait_for(lambda: (r := jobs.get(job_id)).status == "running" and r, timeout_s, f"job {job_id} to run")
+    """The job's record once a worker claimed it (status running); fails at once if it already ended (the
+    batch wait that keeps it running did not apply)."""
+    def running() -> JobRecord | None:
+        record = jobs.get(job_id)
+        assert record.status in ("queued", "running"), f"job {job_id} ended before the test saw it run: {record}"
+        return record if record.status == "running" else None
+
+    return wait_for(running, timeout_s, f"job {job_id} to run")
 
 
 def kill_replica(app_name: str, replica_unique_id: str) -> None:
