@@ -107,7 +107,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         **deployment_options(cfg.ingress.replica, gpu=False),
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.ingress.retry_after_s),
     )
-    job_worker = as_deployment(JobWorker).options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(cfg, concept)
     sessions = as_deployment(SessionManager).options(**deployment_options(cfg.video.manager, gpu=False)).bind(cfg)
+    job_worker = as_deployment(JobWorker).options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(
+        cfg, concept, sessions)
     log.info("building sam3 app: model=%s storage=%s", cfg.model.model_id, cfg.storage.uri)
     return ingress.bind(cfg, concept, click, job_worker, sessions)

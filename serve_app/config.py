@@ -279,6 +279,13 @@ class JobsConfig(StrictModel):
         "(also the delay before a retryable failure runs again).",
     )
     max_concurrent_jobs: int = Field(2, ge=1, description="Jobs one worker replica runs at once.")
+    max_concurrent_video_jobs: int = Field(
+        1, ge=1, description="pcs_video jobs one worker replica runs at once (more wait, their leases held). "
+        "Video jobs so use at most worker replicas x this many session actors: the rest of video.max_sessions "
+        "stays for interactive sessions.")
+    video_chunk_frames: int = Field(
+        32, ge=1, le=10_000, description="pcs_video tracks this many frames per chunk, then stores the chunk's "
+        "masks and the session state: a job whose worker died resumes after its last stored chunk.")
     worker: ReplicaConfig = Field(
         default_factory=lambda: ReplicaConfig(num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=64),
         description="JobWorker replicas (CPU): they run jobs against the model deployments and recover "

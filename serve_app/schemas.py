@@ -208,6 +208,12 @@ class JobErrorView(WireModel):
     message: str
 
 
+class JobProgressOut(WireModel):
+    done: int
+    total: int
+    unit: str = Field("frames", description="What is counted.")
+
+
 class JobView(WireModel):
     """A job as clients see it. Result URLs appear once it succeeded (GET /v1/jobs/{id})."""
 
@@ -223,7 +229,9 @@ class JobView(WireModel):
     error: JobErrorView | None = None
     result_url: str | None = Field(None, description="Presigned GET of the result JSON (succeeded jobs).")
     overlay_url: str | None = Field(None, description="Presigned GET of the overlay PNG, if one was made.")
+    export_url: str | None = Field(None, description="Presigned GET of the export ZIP (video_export, pcs_video).")
     urls_expire_at: str | None = None
+    progress: JobProgressOut | None = Field(None, description="The running attempt's latest progress report.")
 
 
 class JobList(WireModel):
@@ -505,3 +513,181 @@ class SessionActionResponse(WireModel):
     session_id: str
     request_id: str
     rebuilt: bool = False
+
+
+# -- exports (video_export / pcs_video jobs) --------------------------------------------------------------
+EXPORT_FORMATS: tuple[str, ...] = ("coco_instance", "yolo_segmentation", "binary_masks_png", "overlay_mp4")
+
+
+def _check_format(value: str) -> str:
+    if value not in EXPORT_FORMATS:
+        raise PydanticCustomError("unknown_export_format", "unknown export format '{value}' (known: {known})",
+                                  {"value": value[:64], "known": ", ".join(EXPORT_FORMATS)})
+    return value
+
+
+ExportFormatName = Annotated[str, AfterValidator(_check_format)]
+MAX_EXPORT_OBJECTS = 1024
+MAX_NAME_CHARS = 128
+
+
+class ObjectMeta(WireModel):
+    """Names of one tracked object in an export (unnamed objects: class "object", instance "object_{id}")."""
+
+    obj_id: int = Field(..., ge=0, le=MAX_OBJECT_ID)
+    class_name: PromptText | None = Field(None, max_length=MAX_NAME_CHARS, description="COCO category / YOLO class.")
+    instance_name: PromptText | None = Field(None, max_length=MAX_NAME_CHARS,
+                                             description="Per-object label (COCO annotation `instance_name`).")
+
+
+class MergeGroup(WireModel):
+    name: PromptText = Field(..., min_length=1, max_length=MAX_NAME_CHARS)
+    obj_ids: list[Annotated[int, Field(ge=0, le=MAX_OBJECT_ID)]] = Field(..., min_length=1, max_length=256)
+
+
+class MergeSpec(WireModel):
+    """mode none: one instance per object; group: each group's objects become ONE instance per frame (the union
+    of their masks), named by the group; objects in no group stay as they are."""
+
+    mode: Literal["none", "group"] = "none"
+    groups: list[MergeGroup] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _groups_need_group_mode(self) -> "MergeSpec":
+        if self.groups and self.mode != "group":
+            raise PydanticCustomError("invalid_merge_groups", "merge.groups need merge.mode \"group\"")
+        return self
+
+
+class FrameScope(WireModel):
+    frame_start: int = Field(0, ge=0)
+    frame_end: int | None = Field(None, ge=0, description="Inclusive; None = the last frame.")
+
+
+class ExportOptions(WireModel):
+    """What goes into an export ZIP (see README "Exports" for the layout)."""
+
+    formats: list[ExportFormatName] = Field(..., min_length=1, max_length=len(EXPORT_FORMATS),
+                                            json_schema_extra={"items": {"enum": list(EXPORT_FORMATS)}})
+    include_images: bool = Field(False, description="Also the frames as JPEG (images/{frame:06d}.jpg).")
+    object_meta: list[ObjectMeta] = Field(default_factory=list, max_length=MAX_EXPORT_OBJECTS)
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    scope: FrameScope = Field(default_factory=FrameScope)
+
+
+class VideoExportRequest(ExportOptions):
+    """POST /v1/video/sessions/{sid}/exports (and the `video_export` job input, with `session_id`)."""
+
+    auto_propagate_if_incomplete: bool = Field(
+        False, description="Frames of the scope with no stored masks are first propagated (forward from the first "
+        "missing frame); without it such an export is a 409 session_incomplete.")
+
+
+class PcsVideoJobInput(WireModel):
+    """Input of the `pcs_video` job: detect and track text prompts through a video, then export."""
+
+    video: VideoRef
+    prompts: list[PromptText] = Field(..., min_length=1, max_length=MAX_PROMPTS)
+    fps: FiniteFloat | None = Field(None, gt=0, le=240, description="Processing frame rate (<= the source's).")
+    max_frames: int | None = Field(None, ge=1, description="Process at most this many frames.")
+    export: ExportOptions
+
+
+# -- media library ---------------------------------------------------------------------------------------
+# /v1/videos (the tenant's video library), /v1/images listing and deletion, /v1/storage/usage.
+MAX_MEDIA_NAME_CHARS = 128
+
+
+def _check_media_name(value: str) -> str:
+    """A display name: printable Unicode (no control, format or line-separator characters), surrounding
+    whitespace dropped, not empty (error type invalid_name)."""
+    value = value.strip()
+    if not value or not value.isprintable():
+        raise PydanticCustomError("invalid_name", "name must be 1-128 printable characters")
+    return value
+
+
+MediaName = Annotated[str, Field(min_length=1, max_length=MAX_MEDIA_NAME_CHARS), AfterValidator(_check_media_name)]
+
+
+class VideoEntry(WireModel):
+    """A video of the library (GET /v1/videos/{video_id}). Probe facts are of the source file: `width`/`height`
+    as displayed (rotation applied), `fps` the source frame rate."""
+
+    video_id: str = Field(..., description="sha256 of the video's bytes; use it as {\"video\": {\"video_id\": ...}} "
+                          "to create sessions from it.")
+    name: str = Field(..., description="Display name (1-128 printable characters).")
+    size_bytes: int
+    width: int
+    height: int
+    duration_s: float
+    fps: float = Field(..., description="Source frame rate (frames per second).")
+    num_frames: int | None = Field(None, description="Frames in the source (from its packets), if known.")
+    codec: str | None = Field(None, description='Codec of the video stream, e.g. "h264", if known.')
+    created_at: str = Field(..., description="When the video entered the library (UTC, ISO 8601).")
+
+
+class VideoList(WireModel):
+    videos: list[VideoEntry] = Field(..., description="Newest first.")
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
+
+
+class VideoCreateRequest(WireModel):
+    """JSON body of POST /v1/videos: exactly one source (multipart: a `video` file plus an optional `name`)."""
+
+    upload_id: str | None = Field(None, description="id returned by POST /v1/uploads, after the PUT.")
+    url: S3Url | None = Field(None, description="s3://bucket/key inside an allowed bucket (key <= 1024 UTF-8 bytes).")
+    video_id: str | None = Field(None, description="A video already stored by a session create (its bytes are kept "
+                                 "content-addressed): registers it in the library.")
+    name: MediaName | None = Field(None, description='Display name; default "video-{first 12 hex of the id}". Not '
+                                   "applied when the video is already in the library.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "VideoCreateRequest":
+        given = [k for k in ("upload_id", "url", "video_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of upload_id, url, video_id (got {given or 'none'})")
+        return self
+
+
+class VideoPatchRequest(WireModel):
+    """PATCH /v1/videos/{video_id}."""
+
+    name: MediaName
+
+
+class ImageEntry(WireModel):
+    image_id: str = Field(..., description="sha256 of the image's bytes (POST /v1/images).")
+    size_bytes: int
+    created_at: str = Field(..., description="When it was stored (the object's last-modified time, UTC ISO 8601).")
+
+
+class ImageList(WireModel):
+    images: list[ImageEntry] = Field(..., description="In image_id order (content-addressed ids: no time order).")
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
+
+
+class UsageCount(WireModel):
+    bytes: int = Field(..., ge=0)
+    objects: int = Field(..., ge=0)
+
+
+class StorageUsage(WireModel):
+    """Bytes and object counts of one tenant's stored objects, by category (total = their sum)."""
+
+    tenant: str
+    images: UsageCount = Field(..., description="Uploaded images (POST /v1/images).")
+    videos: UsageCount = Field(..., description="Source videos with their library metadata and index.")
+    sessions: UsageCount = Field(..., description="Video sessions: records, frames, masks, journals, checkpoints.")
+    jobs: UsageCount = Field(..., description="Job inputs, records, results, overlays and markers.")
+    results: UsageCount = Field(..., description='Synchronous results stored with "return": "url".')
+    exports: UsageCount = Field(..., description="Dataset export ZIPs.")
+    uploads: UsageCount = Field(..., description="Presigned-PUT uploads.")
+    other: UsageCount = Field(..., description="Objects moved to quarantine (unreadable records).")
+    total: UsageCount
+
+
+class VideoExportJobInput(VideoExportRequest):
+    """Input of the `video_export` job (what POST /v1/video/sessions/{sid}/exports submits)."""
+
+    session_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")

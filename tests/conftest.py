@@ -81,6 +81,7 @@ def serve_args(model_dir: str, storage: dict | None = None, **overrides) -> dict
     args = {
         "storage": storage or {},
         "jobs": {"lease_s": 3, "heartbeat_interval_s": 1, "recovery_interval_s": 1, "queued_pickup_timeout_s": 2,
+                 "video_chunk_frames": 4,  # pcs_video: several chunks even for the 16-frame test videos
                  "worker": {"num_cpus": 0.5, "max_ongoing_requests": 16}},
         "model": {"model_id": model_dir},
         "concept": {

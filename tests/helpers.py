@@ -111,3 +111,13 @@ def serve_replicas(app_name: str, deployment: str) -> dict[str, tuple[str, str]]
     prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
     return {a["name"][len(prefix):]: (a["name"], a["namespace"])
             for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+
+def kill_replica(app_name: str, deployment: str, replica_unique_id: str) -> None:
+    """ray.kill the replica actor `replica_unique_id` of `deployment` (Serve then starts a new one)."""
+    import ray
+
+    replicas = serve_replicas(app_name, deployment)
+    assert replica_unique_id in replicas, (replica_unique_id, replicas)
+    name, namespace = replicas[replica_unique_id]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)

@@ -20,8 +20,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.errors import Forbidden
 from serve_app.jobs.runner import JobRunner
 from serve_app.pipelines.services import Services
+from serve_app.pipelines.video_jobs import PcsVideoJob
 from serve_app.storage.base import ConditionalWrites
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,10 @@ log = logging.getLogger(__name__)
 @serve.deployment
 class JobWorker:
     # Serve awaits an async constructor (the recovery loop needs the replica's event loop); plain Python cannot.
-    async def __init__(self, config: AppConfig, concept: DeploymentHandle) -> None:  # type: ignore[misc]
-        self.services = Services.create(config, concept)
+    async def __init__(self, config: AppConfig, concept: DeploymentHandle,  # type: ignore[misc]
+                       sessions: DeploymentHandle) -> None:
+        self.services = Services.create(config, concept, sessions)
+        self.debug_enabled = config.observability.debug_interface
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (never in production)
@@ -54,4 +58,14 @@ class JobWorker:
     async def start_job(self, job_id: str) -> str:
         """Start running `job_id` in the background; returns this worker's id at once."""
         self.runner.dispatch(job_id)
+        return self.owner_id
+
+    async def debug_hold_video_jobs(self, after_chunks: int | None) -> str:
+        """Debug interface (tests): pcs_video attempts on THIS replica stop before their chunk `after_chunks` + 1
+        until the replica dies (None: run on). Returns this worker's id."""
+        if not self.debug_enabled:
+            raise Forbidden("the debug interface is off (observability.debug_interface)", "debug_disabled")
+        kind = self.services.jobs.kinds.get("pcs_video")
+        assert isinstance(kind, PcsVideoJob)
+        kind.hold_after_chunks = after_chunks
         return self.owner_id

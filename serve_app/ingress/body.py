@@ -40,6 +40,8 @@ MAX_JSON_DEPTH = 32  # the deepest request is ~6 ({"input": {"prompts": [{"boxes
 # (pydantic error type, last field name in its location) -> stable 400 code; None = any field.
 _ERROR_CODES: dict[tuple[str, str | None], str] = {
     ("invalid_text", None): "invalid_text",
+    ("unknown_export_format", None): "unknown_export_format",
+    ("invalid_merge_groups", None): "invalid_merge_groups",
     ("string_unicode", "url"): "invalid_url_key",
     ("string_unicode", "text"): "invalid_text",  # a lone surrogate ("\\ud800" in JSON)
     ("string_too_long", "text"): "text_too_long",

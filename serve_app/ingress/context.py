@@ -16,10 +16,14 @@ from serve_app.pipelines.video import VideoSessions
 
 @dataclass(frozen=True)
 class IngressContext:
-    services: Services  # config, store, images, concept pipeline, results, jobs (shared with JobWorker)
+    services: Services  # config, store, images, concept pipeline, results, jobs, video sessions, exports (shared with JobWorker)
     click: ClickPipeline  # uploads' precompute, clicks, automatic masks
     job_worker: Any  # DeploymentHandle to JobWorker: runs submitted jobs (its replicas also recover them)
-    video: VideoSessions  # video sessions (through the SessionManager deployment and the session actors)
+
+    @property
+    def video(self) -> VideoSessions:
+        """Video sessions (through the SessionManager deployment and the session actors)."""
+        return self.services.video
 
     @property
     def config(self) -> AppConfig:
@@ -29,10 +33,9 @@ class IngressContext:
     def create(cls, cfg: AppConfig, concept: Any, click: Any, job_worker: Any, sessions: Any) -> IngressContext:
         """`concept`, `click`, `job_worker`, `sessions`: the DeploymentHandles of ConceptSegmenter,
         ClickSegmenter, JobWorker, SessionManager."""
-        services = Services.create(cfg, concept)
+        services = Services.create(cfg, concept, sessions)
         click_pipeline = ClickPipeline(ModelClient(click, cfg.ingress.model_timeout_s), services.images, cfg.click)
-        video = VideoSessions(sessions, services.store, services.images.tenant, cfg)
-        return cls(services=services, click=click_pipeline, job_worker=job_worker, video=video)
+        return cls(services=services, click=click_pipeline, job_worker=job_worker)
 
 
 def get_context(request: Request) -> IngressContext:

@@ -5,7 +5,20 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.ingress.error_handling import install_error_handling
-from serve_app.ingress.routers import automatic, blobs, click, cluster, concept, health, images, jobs, uploads, video
+from serve_app.ingress.routers import (
+    automatic,
+    blobs,
+    click,
+    cluster,
+    concept,
+    exports,
+    health,
+    images,
+    jobs,
+    uploads,
+    video,
+    videos,
+)
 
 
 def create_app() -> FastAPI:
@@ -27,4 +40,6 @@ def create_app() -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(cluster.router)
     app.include_router(video.router)
+    app.include_router(exports.router)
+    app.include_router(videos.router)
     return app

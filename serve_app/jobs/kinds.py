@@ -8,7 +8,8 @@ A kind must tolerate being run again from scratch (a replica may die mid-run).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from serve_app.errors import InvalidInput
@@ -16,18 +17,36 @@ from serve_app.errors import InvalidInput
 
 @dataclass(frozen=True)
 class JobOutput:
-    """What a run produced: the result document (JSON bytes) and an optional PNG overlay."""
+    """What a run produced: the result document (JSON bytes), an optional PNG overlay, and optionally the key
+    of an artifact the kind already stored itself (e.g. an export ZIP streamed to storage), shown to clients
+    as a presigned `export_url`."""
 
     result_json: bytes
     overlay_png: bytes | None = None
+    artifact_key: str | None = None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far the running attempt got: `done` of `total` `unit`s (e.g. frames)."""
+
+    done: int
+    total: int
+    unit: str = "frames"
+
+
+def _no_progress(progress: JobProgress) -> None:
+    pass
 
 
 @dataclass(frozen=True)
 class JobContext:
-    """Which run this is: its job and attempt number (1-based)."""
+    """Which run this is: its job and attempt number (1-based). `report` records progress; the worker writes
+    the latest report into the job record with its next heartbeat (no extra storage write per report)."""
 
     job_id: str
     attempt: int
+    report: Callable[[JobProgress], None] = field(default=_no_progress, compare=False)
 
 
 class JobKind(Protocol):

@@ -52,6 +52,16 @@ class JobError(BaseModel):
     message: str
 
 
+class JobProgressView(BaseModel):
+    """The running attempt's latest progress report (written with its heartbeats)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+    unit: str = "frames"
+
+
 class JobRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +90,8 @@ class JobRecord(BaseModel):
     run_alone: bool = Field(False, description="A worker died while running this job: it only runs alone from now on.")
     forgiven_attempts: int = Field(0, description="Attempts lost when a worker that was also running other jobs "
                                    "died; not counted against max_attempts.")
+    progress: JobProgressView | None = Field(None, description="Latest progress report of the running attempt.")
+    artifact_key: str | None = Field(None, description="An artifact the kind stored itself (export ZIP).")
 
     @property
     def terminal(self) -> bool:
@@ -109,8 +121,9 @@ class JobRecord(BaseModel):
         if not isinstance(raw, dict):
             raise UnreadableRecord(f"job record is a JSON {type(raw).__name__}, not an object")
         known = {k: v for k, v in raw.items() if k in cls.model_fields}
-        if isinstance(known.get("error"), dict):
-            known["error"] = {k: v for k, v in known["error"].items() if k in JobError.model_fields}
+        for name, model in (("error", JobError), ("progress", JobProgressView)):
+            if isinstance(known.get(name), dict):
+                known[name] = {k: v for k, v in known[name].items() if k in model.model_fields}
         try:
             return cls.model_validate(known)
         except ValidationError as exc:
@@ -118,4 +131,5 @@ class JobRecord(BaseModel):
 
 
 # Fields newer than the first record format, and their defaults: left out of the JSON while at the default.
-_ADDED_FIELDS: dict[str, object] = {"lease_alone": False, "run_alone": False, "forgiven_attempts": 0}
+_ADDED_FIELDS: dict[str, object] = {"lease_alone": False, "run_alone": False, "forgiven_attempts": 0,
+                                    "progress": None, "artifact_key": None}

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from serve_app.config import JobsConfig
 from serve_app.errors import NotFound, Overloaded, PreconditionFailed, Sam3Error, Timeout, Unavailable
-from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput
+from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput, JobProgress
 from serve_app.jobs.records import JobRecord, UnreadableRecord
 from serve_app.jobs.service import JobService
 
@@ -53,6 +53,7 @@ class _Lease:
     lease_id: str
     deadline: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    progress: JobProgress | None = None  # the kind's latest report, written with the next heartbeat
 
 
 class _Slots:
@@ -163,7 +164,7 @@ class JobRunner:
         lease = _Lease(job_id, record.lease_id, time.monotonic() + self.cfg.lease_s)
         log.info("running job %s (%s)%s, attempt %d (%d of %d charged)", job_id, record.kind,
                  " alone" if alone else "", record.attempts, record.charged_attempts, record.max_attempts)
-        work = asyncio.create_task(self._run_kind(record))
+        work = asyncio.create_task(self._run_kind(record, lease))
         beat = asyncio.create_task(self._heartbeat(lease))
         try:
             await asyncio.wait({work, beat}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,10 +177,14 @@ class JobRunner:
             beat.cancel()
             await asyncio.gather(work, beat, return_exceptions=True)
 
-    async def _run_kind(self, record: JobRecord) -> JobOutput:
+    async def _run_kind(self, record: JobRecord, lease: _Lease) -> JobOutput:
         kind = self.kinds.get(record.kind)
         job_input = await asyncio.to_thread(self.service.load_input, record)
-        return await kind.execute(job_input, JobContext(record.job_id, record.attempts))
+
+        def report(progress: JobProgress) -> None:
+            lease.progress = progress
+
+        return await kind.execute(job_input, JobContext(record.job_id, record.attempts, report))
 
     async def _heartbeat(self, lease: _Lease) -> None:
         """Renew the lease until cancelled; return when it is lost (or cannot be proven held any more)."""
@@ -188,7 +193,7 @@ class JobRunner:
             sent = time.monotonic()
             try:
                 async with lease.lock:
-                    await asyncio.to_thread(self.service.heartbeat, lease.job_id, lease.lease_id)
+                    await asyncio.to_thread(self.service.heartbeat, lease.job_id, lease.lease_id, None, lease.progress)
                 lease.deadline = sent + self.cfg.lease_s
             except (PreconditionFailed, NotFound, UnreadableRecord):
                 return
@@ -201,7 +206,8 @@ class JobRunner:
         """Write the outcome of a finished run, retrying storage outages while the lease holds."""
         exc = work.exception()
         if exc is None:
-            write = functools.partial(self.service.complete, lease.job_id, lease.lease_id, work.result())
+            write = functools.partial(self.service.complete, lease.job_id, lease.lease_id, work.result(), None,
+                                      lease.progress)
         elif isinstance(exc, Sam3Error):
             write = functools.partial(self.service.fail, lease.job_id, lease.lease_id, exc.code, exc.message,
                                       isinstance(exc, _RETRYABLE))

@@ -56,12 +56,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from serve_app.config import JobsConfig
 from serve_app.errors import Conflict, InvalidInput, NotFound, PreconditionFailed, Unavailable
-from serve_app.jobs.kinds import JobKindRegistry, JobOutput
-from serve_app.jobs.records import JobError, JobRecord, JobStatus, UnreadableRecord, utcnow
+from serve_app.jobs.kinds import JobKindRegistry, JobOutput, JobProgress
+from serve_app.jobs.records import JobError, JobProgressView, JobRecord, JobStatus, UnreadableRecord, utcnow
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore, Blob
 
@@ -82,6 +82,10 @@ class DueJob(NamedTuple):
 class _Sighting:
     version: str  # the record's ETag (or a marker of "no record") when first seen
     since: float  # this service's clock when first seen
+
+
+def _progress_view(progress: JobProgress | None) -> JobProgressView | None:
+    return None if progress is None else JobProgressView(done=progress.done, total=progress.total, unit=progress.unit)
 
 
 def canonical_json(value: object) -> bytes:
@@ -330,17 +334,23 @@ class JobService:
         self._deactivate(record.job_id)
         log.warning("job %s failed: %s", record.job_id, message)
 
-    def heartbeat(self, job_id: str, lease_id: str, now: datetime | None = None) -> JobRecord:
-        """Renew the lease (a new record version, which watchers see change). Raises PreconditionFailed
-        (lease_lost) if it was taken over."""
+    def heartbeat(self, job_id: str, lease_id: str, now: datetime | None = None,
+                  progress: JobProgress | None = None) -> JobRecord:
+        """Renew the lease (a new record version, which watchers see change), with the attempt's latest
+        `progress` report if any. Raises PreconditionFailed (lease_lost) if it was taken over."""
         record, etag = self._held(job_id, lease_id)
         at, local = now or utcnow(), self._local_now(now)
-        renewed = record.evolve(lease_expires_at=at + timedelta(seconds=self.cfg.lease_s), updated_at=at)
+        changes: dict[str, Any] = {"lease_expires_at": at + timedelta(seconds=self.cfg.lease_s), "updated_at": at}
+        if progress is not None:
+            changes["progress"] = _progress_view(progress)
+        renewed = record.evolve(**changes)
         self._wrote(renewed, self._write(renewed, etag), local)
         return renewed
 
-    def complete(self, job_id: str, lease_id: str, output: JobOutput, now: datetime | None = None) -> JobRecord:
-        """Store the outputs, then flip the record to succeeded. Raises PreconditionFailed if the lease was lost."""
+    def complete(self, job_id: str, lease_id: str, output: JobOutput, now: datetime | None = None,
+                 progress: JobProgress | None = None) -> JobRecord:
+        """Store the outputs, then flip the record to succeeded (with the attempt's last `progress` report).
+        Raises PreconditionFailed if the lease was lost."""
         record, _ = self._held(job_id, lease_id)
         result_key = keys.job_result_key(self.tenant, job_id)
         self.store.put(result_key, output.result_json, _JSON)
@@ -351,6 +361,7 @@ class JobService:
         record, etag = self._held(job_id, lease_id)  # fresh ETag: the outputs may have taken a while
         at = now or utcnow()
         done = record.evolve(status="succeeded", result_key=result_key, overlay_key=overlay_key, error=None,
+                             artifact_key=output.artifact_key, progress=_progress_view(progress) or record.progress,
                              updated_at=at, finished_at=at, lease_id=None, lease_expires_at=None)
         self._wrote(done, self._write(done, etag), 0.0)
         self._deactivate(job_id)

@@ -3,6 +3,8 @@
     lib = ImageLibrary(store, cfg.storage, cfg.limits)
     image = await lib.save(data)                  # decode (validates), write t/{tenant}/images/{sha256}
     data = await lib.load(ImageRef(image_id=...))  # base64 | image_id | upload_id | s3://bucket/key
+    entries, cursor = await lib.list_stored(limit, cursor)   # GET /v1/images: in image_id order
+    await lib.delete_stored(image_id)                        # DELETE /v1/images/{image_id}
 
 Image ids are the sha256 of the file's bytes, so storing the same file twice writes one object. Uploads
 (POST /v1/uploads, then a presigned PUT) are checked when first used: size and declared content type
@@ -17,14 +19,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import timezone
 
 from serve_app.codecs.image_decode import DecodedImage, check_content_type, decode_image
 from serve_app.config import LimitsConfig, StorageConfig
 from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, PreconditionFailed
 from serve_app.pipelines.pools import run_cpu, run_io
-from serve_app.schemas import ImageRef
+from serve_app.schemas import ImageEntry, ImageRef
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore
+
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def base64_chars(max_bytes: int) -> int:
@@ -135,3 +140,29 @@ class ImageLibrary:
         except NotFound:
             raise NotFound(f"no object at {url}", "image_not_found") from None
         return blob.data
+
+    async def list_stored(self, limit: int = 50, cursor: str | None = None) -> tuple[list[ImageEntry], str | None]:
+        """Stored images in image_id order (ids are content hashes: no time order) after `cursor` (a previous
+        page's next_cursor: an image id), and the next cursor (None at the end). created_at is the object's
+        last-modified time."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000", "invalid_limit")
+        if cursor is not None and not _IMAGE_ID.fullmatch(cursor):
+            raise InvalidInput("cursor must be a next_cursor returned by GET /v1/images", "invalid_cursor")
+        prefix = keys.tenant_prefix(self.tenant) + "images/"
+        start_after = prefix + cursor if cursor is not None else None
+        page = await run_io(self.store.list, prefix, start_after=start_after, limit=limit + 1)
+        entries = [ImageEntry(image_id=info.key[len(prefix):], size_bytes=info.size,
+                              created_at=info.last_modified.astimezone(timezone.utc).isoformat(timespec="seconds"))
+                   for info in page[:limit] if _IMAGE_ID.fullmatch(info.key[len(prefix):])]
+        return entries, (page[limit - 1].key[len(prefix):] if len(page) > limit else None)
+
+    async def delete_stored(self, image_id: str) -> None:
+        """Delete a stored image. NotFound image_not_found; InvalidInput invalid_image_id. An embedding of it
+        cached on a click replica is not dropped: it is evicted by the cache's own policy."""
+        key = keys.image_key(self.tenant, keys.validate_sha256(image_id))
+        try:
+            await run_io(self.store.head, key)
+        except NotFound:
+            raise NotFound(f"no image {image_id}", "image_not_found") from None
+        await run_io(self.store.delete, key)

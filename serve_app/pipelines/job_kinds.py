@@ -1,5 +1,6 @@
 """The job kinds this app runs (`POST /v1/jobs {"kind", "input"}`), and the registry that holds them.
 
+- `video_export`, `pcs_video`: serve_app.pipelines.video_jobs.
 - `pcs_image` (the kind name is part of the HTTP API): the body of POST /v1/pcs/image, executed by a
   JobWorker replica with the same ConceptPipeline as the synchronous route (identical results). The image
   may be given inline (base64) or by reference (image_id, upload_id, s3 url); references are resolved
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from serve_app.config import JobsConfig
 from serve_app.errors import ValidationFailed, format_validation_errors
 from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput
 from serve_app.pipelines.concept import ConceptPipeline, validate_options
+from serve_app.pipelines.video_exports import VideoExports
+from serve_app.pipelines.video_jobs import PcsVideoJob, VideoExportJob
 from serve_app.schemas import ConceptImageRequest
 
 
@@ -46,8 +50,10 @@ class ConceptImageJob:
         return JobOutput(response.model_dump_json(exclude_none=True, by_alias=True).encode(), overlay_png)
 
 
-def job_kinds(pipeline: ConceptPipeline) -> JobKindRegistry:
+def job_kinds(pipeline: ConceptPipeline, exports: VideoExports, jobs: JobsConfig) -> JobKindRegistry:
     """Every kind this app knows; the ingress validates submissions with it, JobWorker executes them."""
     registry = JobKindRegistry()
     registry.register(ConceptImageJob(pipeline))
+    registry.register(VideoExportJob(exports))
+    registry.register(PcsVideoJob(exports, jobs))
     return registry

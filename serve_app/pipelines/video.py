@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import json
 import logging
 import os
@@ -29,8 +28,10 @@ import numpy as np
 
 from serve_app.codecs.masks import encode_mask
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidInput, NotFound, PreconditionFailed, Sam3Error, Unavailable
+from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, Sam3Error, Unavailable
 from serve_app.model.video_types import VideoFrameResult
+from serve_app.pipelines.image_library import parse_s3_url
+from serve_app.pipelines.media_library import VideoLibrary, ingest_limits
 from serve_app.pipelines.pools import run_cpu, run_io
 from serve_app.pipelines.remote import translate_handle_error
 from serve_app.schemas import (
@@ -43,8 +44,9 @@ from serve_app.schemas import (
     VideoObject,
     VideoPromptRequest,
     VideoPromptResponse,
+    VideoRef,
 )
-from serve_app.sessions.ingest import IngestLimits, ingest_video
+from serve_app.sessions.ingest import ingest_video
 from serve_app.sessions.records import SessionOptions, SessionRecord, SessionSource, VideoInfo
 from serve_app.storage import keys
 from serve_app.storage.base import ArtifactStore
@@ -106,9 +108,8 @@ class VideoSessions:
         self.store = store
         self.tenant = tenant
         self.cfg = cfg
-        limits = cfg.video.limits
-        self.ingest_limits = IngestLimits(limits.max_video_bytes, limits.max_duration_s, limits.max_frame_pixels,
-                                          limits.max_frames)
+        self.ingest_limits = ingest_limits(cfg)
+        self.library = VideoLibrary(store, tenant, cfg)
         self.timeout_s = cfg.ingress.model_timeout_s
         self._actors: dict[str, Any] = {}
         self._writes: set[asyncio.Task] = set()
@@ -136,25 +137,15 @@ class VideoSessions:
             # thread (all image decoding of a 1-CPU replica) or a storage thread that long.
             meta = await asyncio.to_thread(ingest_video, self.store, self.tenant, sid, path, self.ingest_limits,
                                            fps=opts.fps, max_frames=opts.max_frames, on_progress=progress)
-            if source.video_id is None:
-                source = source.model_copy(update={"video_id": await run_io(self._keep_video, path)})
+            if source.video_id is None:  # the upload joins the media library (GET /v1/videos)
+                entry, _ = await run_io(self.library.add_file, path, None, meta)
+                source = source.model_copy(update={"video_id": entry.video_id})
         except Sam3Error as exc:
             await self._manager("ingest_failed", sid, exc.code, exc.message)
             raise
         video = {"num_frames": meta.num_frames, "fps": meta.fps, "source_fps": meta.source_fps, "width": meta.width,
                  "height": meta.height, "duration_s": meta.duration_s}
         return await self._manager("ingest_done", sid, video, source)
-
-    def _keep_video(self, path: str) -> str:
-        """Store the source video content-addressed (videos/{sha256}); returns its id."""
-        with open(path, "rb") as f:
-            data = f.read()
-        video_id = hashlib.sha256(data).hexdigest()
-        try:
-            self.store.put(keys.video_key(self.tenant, video_id), data, "application/octet-stream", if_none_match=True)
-        except PreconditionFailed:
-            pass  # stored already: same sha256, same bytes
-        return video_id
 
     def stored_video_path(self, video_id: str, directory: str) -> str:
         """Copy the stored video `video_id` into `directory`; returns the file path. NotFound video_not_found."""
@@ -167,6 +158,39 @@ class VideoSessions:
         with open(path, "wb") as f:
             f.write(data)
         return path
+
+    async def fetch(self, ref: VideoRef, workdir: str) -> tuple[str, SessionSource]:
+        """The referenced video copied to `workdir` (file path, where it came from): an upload, an s3:// object
+        of an allowed bucket (storage.allowed_url_buckets), or a stored video (video_id)."""
+        max_bytes = self.ingest_limits.max_video_bytes
+        if ref.video_id is not None:
+            keys.video_key(self.tenant, ref.video_id)  # validates the id
+            return (await run_io(self.stored_video_path, ref.video_id, workdir),
+                    SessionSource(video_id=ref.video_id))
+        if ref.upload_id is not None:
+            key = keys.upload_key(self.tenant, ref.upload_id)
+            try:
+                info = await run_io(self.store.head, key)
+            except NotFound:
+                raise NotFound(f"no upload {ref.upload_id}: PUT the file to the upload URL first",
+                               "upload_not_found") from None
+            if info.size > max_bytes:
+                raise PayloadTooLarge(f"upload is {info.size} bytes, video limit {max_bytes}", "video_too_large")
+            data = (await run_io(self.store.get, key)).data
+            source = SessionSource(upload_id=ref.upload_id)
+        else:
+            assert ref.url is not None
+            bucket, key = parse_s3_url(ref.url)
+            if bucket not in self.cfg.storage.allowed_url_buckets:
+                raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
+            try:
+                data = (await run_io(self.store.get_from_bucket, bucket, key, max_bytes)).data
+            except NotFound:
+                raise NotFound(f"no object at {ref.url}", "video_not_found") from None
+            source = SessionSource(url=ref.url)
+        path = os.path.join(workdir, "video")
+        await asyncio.to_thread(_write_file, path, data)
+        return path, source
 
     async def list(self, limit: int, cursor: str | None) -> tuple[list[SessionRecord], str | None]:
         return await self._manager("list", limit, cursor)
@@ -273,6 +297,25 @@ class VideoSessions:
 
                 ray.cancel(stream)
                 handle.cancel.remote(sid)
+
+    async def save_state(self, sid: str, key: str) -> int:
+        """The session's inference state stored at `key` (SessionActor.save_state); returns its size."""
+        size, _ = await self._call(sid, "save_state", key)
+        return size
+
+    async def restore_state(self, sid: str, key: str) -> None:
+        """Continue the session from the state `save_state` stored at `key` (SessionActor.restore_state)."""
+        await self._call(sid, "restore_state", key)
+
+    def stored_frames(self, sid: str, start: int, end: int) -> set[int]:
+        """Frame indices in start..end (inclusive) whose results are stored (a listing, no reads). Blocking."""
+        prefix = keys.session_masks_prefix(self.tenant, sid)
+        found: set[int] = set()
+        for info in self.store.iter_list(prefix):
+            name = info.key[len(prefix):]
+            if name.endswith(".json") and name[:-5].isdigit() and start <= int(name[:-5]) <= end:
+                found.add(int(name[:-5]))
+        return found
 
     async def cancel(self, sid: str) -> None:
         handle, _ = await self._actor(sid)
@@ -438,6 +481,11 @@ def rle_pixel_count(counts: str) -> int | None:
     if runs.min() < 0 or runs.max() >= 2**32:  # pycocotools stores runs as uint32
         return None
     return int(runs.sum())
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def ndjson(message: dict[str, Any]) -> bytes:

@@ -115,6 +115,7 @@ class SessionActor:
         self.video_cfg = video
         self.store = open_store(storage)
         self.session: Any = None  # serve_app.model.video.VideoSession when attached
+        self.source: FrameSource | None = None  # its frames
         self.tenant: str | None = None
         self.session_id: str | None = None
         self.generation = 0
@@ -143,6 +144,7 @@ class SessionActor:
                 return self._info(None, 0)
             meta = load_video_meta(self.store, tenant, session_id)
             source = FrameSource(meta.num_frames, meta.height, meta.width, self._frame_reader(tenant, session_id))
+            self.source = source
             journal = SessionJournal(self.store, tenant, session_id)
             checkpoints = CheckpointStore(self.store, tenant, session_id)
             expected = self.runner.checkpoint_header()
@@ -241,6 +243,30 @@ class SessionActor:
                 elif self.video_cfg.checkpoint_after_propagate and n:
                     self._checkpoint()
             yield PropagationEnd("cancelled" if stopped else "done", n)
+
+    def save_state(self, session_id: str, key: str) -> int:
+        """Store the session's inference state at `key` (a key of this service, e.g. a pcs_video job's
+        checkpoint); returns its size. Not journaled: the caller restores it with `restore_state`."""
+        self._bump()
+        with self._lock:
+            self._owned(session_id)
+            data = self.session.save()
+            self.store.put(key, data, "application/octet-stream")
+            self.counters["checkpoints"] += 1
+            return len(data)
+
+    def restore_state(self, session_id: str, key: str) -> None:
+        """Replace the session's inference state with the one `save_state` stored at `key` (bit-identical
+        continuation). SECURITY: a pickle: only keys this service wrote (never client-supplied). Raises
+        SessionIncompatible when it was saved by another model/transformers version. Not journaled: a rebuild
+        from the journal does not see it, so a caller that restores must restore again after a rebuild
+        (pcs_video does so at every attempt)."""
+        self._bump()
+        with self._lock:
+            self._owned(session_id)
+            assert self.source is not None
+            self.session = self.runner.load_session(self.store.get(key).data, self.source)
+            self.counters["rebuilds"] += 1
 
     def cancel(self, session_id: str) -> None:
         """Stop a running propagation at its next frame."""

@@ -101,6 +101,7 @@ class SessionSource(_Model):
     video_id: str | None = None
     upload_id: str | None = None
     url: str | None = None
+    job_id: str | None = Field(None, description="The pcs_video job that runs this session (not interactive).")
 
 
 class ActorRef(_Model):

@@ -13,6 +13,17 @@ Semantics every backend guarantees (tests/integration/test_storage_contract.py c
 - `list` returns keys in ascending order. AWS S3 and the local backend compare bytes; SeaweedFS compares
   path segments, which differs only between sibling names like `jobs-x` and `jobs/` (a name that extends
   another with a character below `/`). The key layout never lists across such siblings.
+  `iter_list` pages through all of a prefix (`list` with `start_after`); `usage` counts and sums it.
+- Large objects are streamed, never held in memory: `with store.open_writer(key, content_type) as w:`
+  yields a write-only, non-seekable binary file (`write`, `flush`, `bytes_written`; `tell`/`seek` raise
+  io.UnsupportedOperation, so `zipfile.ZipFile(w, "w")` writes data descriptors). The object appears at
+  `key` only when the block exits normally, atomically (readers see the old object or the whole new one);
+  if the block raises, the write is aborted, nothing changes at `key` and the exception propagates. After
+  the block `w.etag` is the new ETag (a multipart ETag on S3: not the md5 of the bytes). Memory is about
+  one part (`part_bytes`, MIN_PART_BYTES..MAX_PART_BYTES, the S3 limits, checked on every backend so code
+  tried on a directory also runs on S3). No conditions: the last writer to finish wins. As with a
+  conditional put, a commit whose response was lost may raise although the object landed. A writer is for
+  one thread; a store may have many open at once.
 
 Conditional writes are checked, not assumed: an S3-compatible server (or an old botocore) may accept
 `If-None-Match`/`If-Match` and ignore them, which would make every job transition unconditional (double
@@ -33,10 +44,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import io
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -49,6 +62,10 @@ log = logging.getLogger("serve_app.storage")
 CONDITIONAL_RECHECK_S = 60  # a store found not to enforce conditional writes is probed again after this
 _UNREACHABLE_RECHECK_S = 5.0  # a probe that could not reach storage is not retried sooner (callers get 503)
 _PROBE_LOCK = threading.Lock()  # probes are rare (once per store, then on failure): one at a time per process
+
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part (but the last); SeaweedFS enforces it too (EntityTooSmall)
+MAX_PART_BYTES = 5 * 1024 * 1024 * 1024  # S3's largest part
+DEFAULT_PART_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,68 @@ class ConditionalWrites:
 
     state: Literal["enforced", "not_enforced", "unknown"]
     reason: str = ""
+
+
+class BlobWriter(io.BufferedIOBase):
+    """The file object `ArtifactStore.open_writer` yields: write-only and not seekable (see the module
+    docstring). `close()` only stops further writes: the store's context manager commits or aborts."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.etag: str | None = None  # set when the object has been committed
+        self._bytes_written = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes_written
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        raise io.UnsupportedOperation("a storage writer is a stream: it cannot tell or seek")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        raise io.UnsupportedOperation("a storage writer is a stream: it cannot tell or seek")
+
+    def truncate(self, size: int | None = None) -> int:
+        raise io.UnsupportedOperation("a storage writer is a stream: it cannot truncate")
+
+    def write(self, data) -> int:  # data: any bytes-like object
+        if self.closed:
+            raise ValueError(f"write to a closed storage writer ({self.key})")
+        with memoryview(data) as view, view.cast("B") as octets:
+            self._write(octets)
+            self._bytes_written += len(octets)
+            return len(octets)
+
+    @abc.abstractmethod
+    def _write(self, data: memoryview) -> None:
+        """Take `data` (valid only during the call)."""
+
+    @abc.abstractmethod
+    def _commit(self) -> str:
+        """Make the object visible at the key; return its ETag. Cleans up (aborts) itself if it fails."""
+
+    @abc.abstractmethod
+    def _abort(self) -> None:
+        """Drop what was written, best effort: never raises, leaves the key as it was."""
+
+
+def check_part_bytes(part_bytes: int) -> int:
+    """`part_bytes` if it is within S3's part limits, else ValueError (a bug in the caller)."""
+    if isinstance(part_bytes, bool) or not isinstance(part_bytes, int) or not (
+        MIN_PART_BYTES <= part_bytes <= MAX_PART_BYTES
+    ):
+        raise ValueError(f"part_bytes must be an int from {MIN_PART_BYTES} to {MAX_PART_BYTES}, not {part_bytes!r}")
+    return part_bytes
 
 
 class ArtifactStore(abc.ABC):
@@ -163,6 +242,50 @@ class ArtifactStore(abc.ABC):
         The signature covers `content_type` and, when given, the exact `content_length`: a client that
         sends another type or size is rejected by the storage (403), which is how a size limit is enforced.
         """
+
+    # -- streaming writes and listing helpers ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_writer(
+        self, key: str, content_type: str = "application/octet-stream", *, part_bytes: int = DEFAULT_PART_BYTES
+    ) -> Iterator[BlobWriter]:
+        """A context manager yielding a non-seekable file that streams an object to `key`: visible, atomically,
+        when the block exits normally; aborted (nothing changes at `key`) if it raises. Memory ~ `part_bytes`.
+        Raises InvalidInput for an unsafe key and ValueError for `part_bytes` outside S3's part limits."""
+        writer = self._new_writer(key, content_type, check_part_bytes(part_bytes))
+        try:
+            yield writer
+            writer.close()  # no more writes (flushes)
+        except BaseException:
+            writer._abort()
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        writer.etag = writer._commit()
+
+    def _new_writer(self, key: str, content_type: str, part_bytes: int) -> BlobWriter:
+        """The backend's BlobWriter for `open_writer` (checks `key`); a store that cannot stream raises."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream objects (open_writer)")
+
+    def iter_list(self, prefix: str, *, page: int = 1000) -> Iterator[BlobInfo]:
+        """Every object under `prefix`, ascending (as `list`), fetched `page` at a time."""
+        if page < 1:
+            raise ValueError(f"page must be positive, not {page!r}")
+        start_after: str | None = None
+        while True:
+            batch = self.list(prefix, start_after=start_after, limit=page)
+            yield from batch
+            if len(batch) < page:
+                return
+            start_after = batch[-1].key
+
+    def usage(self, prefix: str) -> tuple[int, int]:
+        """(number of objects, total bytes) under `prefix`: a full listing, no object is read."""
+        count = total = 0
+        for info in self.iter_list(prefix):
+            count += 1
+            total += info.size
+        return count, total
 
     # -- conditional writes: checked at start, not assumed ----------------------------------------
 

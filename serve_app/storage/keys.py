@@ -18,7 +18,10 @@ added by the backend) and always start with the tenant:
     t/{tenant}/sessions/{sid}/frames/{i}.jpg   extracted frames (+ frames/index.json, the manifest)
     t/{tenant}/sessions/{sid}/masks/{i:06d}.json  a computed frame's objects (RLE), for playback and exports
     t/{tenant}/videos/{sha256}                 a source video, content-addressed
-    t/{tenant}/exports/{export_id}.zip         dataset exports
+    t/{tenant}/exports/{export_id}.zip         dataset exports (export_id = the job id)
+    t/{tenant}/jobs/{job_id}/state.json        a running job's resume state (+ checkpoint.bin: pcs_video model state)
+    t/{tenant}/videos-meta/{sha256}.json       a library video's name and probe metadata
+    t/{tenant}/videos-index/{inv ms}-{sha256}  newest-first index of the video library
     t/{tenant}/quarantine/{key}                an unreadable object moved aside (`key` without its t/{tenant}/),
                                                e.g. quarantine/jobs/{job_id}/record.json
     sys/probes/conditional-writes/{id}         reserved prefix `sys/` (outside every tenant): the start-up
@@ -216,3 +219,34 @@ def video_key(tenant: str, video_id: str) -> str:
     if not isinstance(video_id, str) or not _SHA256.fullmatch(video_id):
         raise InvalidInput("video_id must be 64 lowercase hex digits (the sha256 of the video)", "invalid_video_id")
     return f"{tenant_prefix(tenant)}videos/{video_id}"
+
+
+def job_state_key(tenant: str, job_id: str) -> str:
+    """A running job's own resume state (e.g. pcs_video: its session and how far it got), kept between attempts."""
+    return _job_dir(tenant, job_id) + "state.json"
+
+
+def job_checkpoint_key(tenant: str, job_id: str) -> str:
+    """A running job's saved model state (pcs_video: the video session after its last finished chunk)."""
+    return _job_dir(tenant, job_id) + "checkpoint.bin"
+
+
+def exports_prefix(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}exports/"
+
+
+# -- media library (serve_app.pipelines.media_library) ---------------------------------------------------
+def video_meta_key(tenant: str, video_id: str) -> str:
+    """A library video's metadata (name, size, probe), JSON, beside its bytes at `video_key`."""
+    video_key(tenant, video_id)  # validates the id
+    return f"{tenant_prefix(tenant)}videos-meta/{video_id}.json"
+
+
+def videos_index_prefix(tenant: str) -> str:
+    """Newest-first index of the library's videos: `videos-index/{inverted ms}-{video_id}` (empty objects)."""
+    return f"{tenant_prefix(tenant)}videos-index/"
+
+
+def video_index_key(tenant: str, created_ms: int, video_id: str) -> str:
+    video_key(tenant, video_id)
+    return f"{videos_index_prefix(tenant)}{_MAX_MS - int(created_ms):012x}-{video_id}"

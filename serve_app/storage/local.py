@@ -3,7 +3,11 @@
 Same contract as S3 (see `base.py`), with these mechanics:
 - Object `key` is the file `{dir}/{key}`: one JSON header line `{"etag", "content_type"}` + `\\n`, then the
   bytes. ETags are the quoted md5 of the bytes, as S3 gives for single-part uploads.
-- Writes go to a temp file in `{dir}/.tmp` and are renamed into place: atomic for readers.
+- Writes go to a temp file in `{dir}/.tmp` and are renamed into place: atomic for readers. `open_writer`
+  streams into such a temp file behind a header with a placeholder ETag (the md5 is known only at the end; a
+  quoted md5 always has the same length) and overwrites the placeholder before the rename; an aborted writer
+  deletes its temp file. `list` skips `.tmp` (hidden names never are keys). `part_bytes` is checked against
+  the S3 limits (so code tried here runs on S3) but not otherwise used.
 - Every write and delete holds an exclusive `fcntl.flock` on `{dir}/.lock` while it checks its condition
   and renames, so conditional writes are race-free between threads and between processes on this machine.
   Durable against a process crash, not against power loss (no fsync).
@@ -32,11 +36,17 @@ from urllib.parse import quote, unquote, urlencode, urlparse
 
 from serve_app.config import StorageConfig
 from serve_app.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unavailable
-from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
+from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, BlobWriter, PresignedRequest
 from serve_app.storage.keys import check_key
 
 SIGNING_KEY_ENV = "SAM3_LOCAL_SIGNING_KEY"
 BLOBS_ROUTE = "/v1/blobs/"
+_ETAG_PLACEHOLDER = '"' + "0" * 32 + '"'  # as long as every etag here: a quoted md5 hex digest
+
+
+def _header(etag: str, content_type: str) -> bytes:
+    """The JSON line that precedes an object's bytes in its file."""
+    return json.dumps({"etag": etag, "content_type": content_type}).encode() + b"\n"
 
 
 class LocalStore(ArtifactStore):
@@ -106,7 +116,7 @@ class LocalStore(ArtifactStore):
             raise ValueError("use if_none_match or if_match, not both")
         path = self._path(key)
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
-        header = json.dumps({"etag": etag, "content_type": content_type}).encode() + b"\n"
+        header = _header(etag, content_type)
         with self._translate("put", key):
             fd, tmp = tempfile.mkstemp(dir=self._tmp)
             try:
@@ -125,6 +135,9 @@ class LocalStore(ArtifactStore):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         return etag
+
+    def _new_writer(self, key: str, content_type: str, part_bytes: int) -> BlobWriter:
+        return _LocalWriter(self, key, content_type)
 
     def get(self, key):
         with self._translate("get", key), open(self._path(key), "rb") as f:
@@ -227,3 +240,60 @@ class LocalStore(ArtifactStore):
             raise Forbidden("presigned URL signature does not match", "invalid_signature")
         if expires_at < time.time():
             raise Forbidden("presigned URL has expired", "expired_signature")
+
+
+class _LocalWriter(BlobWriter):
+    """`LocalStore.open_writer`: a temp file in `{dir}/.tmp`, renamed to the key's path on commit."""
+
+    def __init__(self, store: LocalStore, key: str, content_type: str):
+        super().__init__(key)
+        self._store = store
+        self._path = store._path(key)  # checks the key
+        self._content_type = content_type
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._placeholder = _header(_ETAG_PLACEHOLDER, content_type)
+        with store._translate("put", key):
+            fd, self._tmp = tempfile.mkstemp(dir=store._tmp)
+            self._file = os.fdopen(fd, "wb")
+            try:
+                self._file.write(self._placeholder)
+            except BaseException:
+                self._discard()
+                raise
+
+    def _write(self, data: memoryview) -> None:
+        with self._store._translate("put", self.key):
+            self._file.write(data)
+        self._md5.update(data)
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            with self._store._translate("put", self.key):
+                self._file.flush()
+
+    def _commit(self) -> str:
+        etag = f'"{self._md5.hexdigest()}"'
+        header = _header(etag, self._content_type)
+        if len(header) != len(self._placeholder):  # cannot happen: an md5 digest has a fixed length
+            self._discard()
+            raise AssertionError("local writer: the header changed length")
+        try:
+            with self._store._translate("put", self.key):
+                self._file.seek(0)
+                self._file.write(header)
+                self._file.close()
+                with self._store._locked():  # ordered with conditional puts, which check and rename under it
+                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self._tmp, self._path)
+        finally:
+            self._discard()  # after the rename only closes (already closed) and finds no temp file
+        return etag
+
+    def _abort(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)

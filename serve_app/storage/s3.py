@@ -12,11 +12,20 @@
   callers treat PreconditionFailed as "re-read and decide" (JobService does), never as "nothing changed".
 - Presigned URLs: SigV4 query signatures; a PUT signs Content-Type (and Content-Length when given).
   With temporary credentials (IRSA) a URL also dies when those credentials expire.
+- Streaming writes (`open_writer`): an object of at most one part is one PutObject at the end; a larger one
+  is a multipart upload (CreateMultipartUpload when the second part begins, UploadPart per `part_bytes`,
+  all parts the same size but the last, CompleteMultipartUpload on success), aborted on failure, best effort
+  and logged. Give the bucket a lifecycle rule AbortIncompleteMultipartUpload for uploads whose abort was
+  lost (a killed process): their parts are billed storage until then. At most MAX_PARTS parts: an object
+  larger than MAX_PARTS * part_bytes raises PayloadTooLarge. SeaweedFS, like AWS, refuses parts under
+  5 MiB (EntityTooSmall at CompleteMultipartUpload).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -38,11 +47,15 @@ from serve_app.errors import (
     Sam3Error,
     Unavailable,
 )
-from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, PresignedRequest
+from serve_app.storage.base import ArtifactStore, Blob, BlobInfo, BlobWriter, PresignedRequest
 from serve_app.storage.keys import check_key
 
 if TYPE_CHECKING:  # boto3-stubs (dev extra): request shapes as TypedDicts
-    from mypy_boto3_s3.type_defs import ListObjectsV2RequestTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2RequestTypeDef
+
+log = logging.getLogger("serve_app.storage")
+
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
@@ -129,6 +142,9 @@ class S3Store(ArtifactStore):
         # AWS answers 403 instead of 404 for a missing key when the role lacks s3:ListBucket: grant it.
         if code in _PRECONDITION_CODES or status == 412:
             return PreconditionFailed(f"conditional {op} of {key} lost: the object changed")
+        if code == "NoSuchUpload":  # aborted under us (a lifecycle rule; or completed by a retry whose answer was lost)
+            return Unavailable(f"the multipart upload of {key} is gone ({op})", "storage_unavailable",
+                               retry_after_s=self._retry_after_s)
         if code in _UNAVAILABLE_CODES or status >= 500 or status in (401, 403, 429):
             return Unavailable(
                 f"object storage refused {op} ({code or status})", "storage_unavailable",
@@ -178,6 +194,9 @@ class S3Store(ArtifactStore):
             args["IfMatch"] = if_match
         with self._translate("put", key):
             return self._client.put_object(**args)["ETag"]
+
+    def _new_writer(self, key: str, content_type: str, part_bytes: int) -> BlobWriter:
+        return _S3Writer(self, key, content_type, part_bytes)
 
     def get(self, key):
         with self._translate("get", key):
@@ -254,3 +273,85 @@ class S3Store(ArtifactStore):
             url = self._presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=expires_s)
         return PresignedRequest(url, "PUT", headers, expires_at)
+
+
+class _S3Writer(BlobWriter):
+    """`S3Store.open_writer`: buffers one part; PutObject for a single part, else a multipart upload."""
+
+    def __init__(self, store: S3Store, key: str, content_type: str, part_bytes: int):
+        super().__init__(key)
+        self._store = store
+        self._client = store._client
+        self._full_key = store._full(check_key(key))
+        self._content_type = content_type
+        self._part_bytes = part_bytes
+        self._buf = io.BytesIO()  # at most part_bytes; sent as a part only once more data follows
+        self._buffered = 0
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            if self._buffered == self._part_bytes:
+                self._send_part()
+            take = min(self._part_bytes - self._buffered, len(data))
+            self._buf.write(data[:take])
+            self._buffered += take
+            data = data[take:]
+
+    def _send_part(self) -> None:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise PayloadTooLarge(
+                f"{self.key} is larger than {MAX_PARTS} parts of {self._part_bytes} bytes (raise part_bytes)",
+                "object_too_large",
+            )
+        with self._store._translate("put", self.key):
+            if self._upload_id is None:
+                self._upload_id = self._client.create_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._full_key, ContentType=self._content_type
+                )["UploadId"]
+            etag = self._client.upload_part(
+                Bucket=self._store.bucket, Key=self._full_key, UploadId=self._upload_id, PartNumber=number,
+                Body=self._body(),
+            )["ETag"]
+        self._parts.append({"ETag": etag, "PartNumber": number})
+        self._drop_buffer()
+
+    def _body(self) -> io.BytesIO:
+        self._buf.seek(0)
+        return self._buf
+
+    def _drop_buffer(self) -> None:
+        self._buf = io.BytesIO()
+        self._buffered = 0
+
+    def _commit(self) -> str:
+        try:
+            if self._upload_id is None:
+                with self._store._translate("put", self.key):
+                    return self._client.put_object(
+                        Bucket=self._store.bucket, Key=self._full_key, Body=self._body(), ContentType=self._content_type
+                    )["ETag"]
+            self._send_part()  # the last one: never empty, a full part is sent only when more data follows
+            with self._store._translate("put", self.key):
+                return self._client.complete_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._full_key, UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )["ETag"]
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            self._drop_buffer()
+
+    def _abort(self) -> None:
+        self._drop_buffer()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        try:
+            self._client.abort_multipart_upload(Bucket=self._store.bucket, Key=self._full_key, UploadId=upload_id)
+        except Exception as exc:  # best effort: the caller's own error is the one to raise
+            log.warning("could not abort the multipart upload of %s (%s): its parts stay until the bucket's "
+                        "lifecycle rule removes them", self.key, exc)

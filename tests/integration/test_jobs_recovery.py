@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import ray
 import requests
 
 from serve_app.config import AppConfig
@@ -24,7 +23,7 @@ from serve_app.jobs.service import JobService
 from serve_app.storage import open_store
 from tests.conftest import serve_args
 from tests.fixtures.s3 import s3_storage_config
-from tests.helpers import b64, instances, png_bytes, serve_replicas, wait_for, wait_job
+from tests.helpers import b64, instances, kill_replica, png_bytes, wait_for, wait_job
 
 APP = "sam3x"
 JOB = {"kind": "pcs_image", "input": {"image": {"base64": b64(png_bytes(seed=11))}, "prompts": [{"text": "car"}],
@@ -64,14 +63,6 @@ def wait_running(jobs: JobService, job_id: str, timeout_s: float = 30) -> JobRec
     return wait_for(running, timeout_s, f"job {job_id} to run")
 
 
-def kill_replica(app_name: str, replica_unique_id: str) -> None:
-    """ray.kill the JobWorker replica actor whose id is `replica_unique_id` (Serve then starts a new one)."""
-    replicas = serve_replicas(app_name, "JobWorker")
-    assert replica_unique_id in replicas, (replica_unique_id, replicas)
-    name, namespace = replicas[replica_unique_id]
-    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-
-
 def test_job_survives_its_worker_replica_being_killed(app):
     base, cfg = app
     jobs = job_service(cfg)
@@ -80,7 +71,7 @@ def test_job_survives_its_worker_replica_being_killed(app):
     job_id = r.json()["job_id"]
     running = wait_running(jobs, job_id)
     assert running.attempts == 1
-    kill_replica(APP, running.lease_owner.rsplit("-", 1)[0])
+    kill_replica(APP, "JobWorker", running.lease_owner.rsplit("-", 1)[0])
 
     done = wait_job(base, job_id, timeout_s=180)
     assert done["status"] == "succeeded", done

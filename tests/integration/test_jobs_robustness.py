@@ -253,11 +253,11 @@ def http_app(cfg: AppConfig, store: ArtifactStore) -> TestClient:
     from serve_app.ingress.fastapi_app import create_app
     from serve_app.pipelines.services import Services
 
-    services = Services.create(cfg, None)
+    services = Services.create(cfg, None, None)
     jobs = JobService(store, cfg.jobs, services.jobs.kinds, cfg.storage.default_tenant)
     services = dataclasses.replace(services, store=store, jobs=jobs)
     app = create_app()
-    app.state.ctx = IngressContext(services=services, click=None, job_worker=None, video=None)
+    app.state.ctx = IngressContext(services=services, click=None, job_worker=None)
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
 import multiprocessing
 import multiprocessing.synchronize
+import random
 import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +33,9 @@ from serve_app.ingress.error_handling import install_error_handling
 from serve_app.ingress.routers import blobs
 from serve_app.storage import ArtifactStore, open_store
 from serve_app.storage import local as local_backend
+from serve_app.storage.base import MIN_PART_BYTES
 from serve_app.storage.local import LocalStore
+from serve_app.storage.s3 import S3Store
 from tests.fixtures.s3 import s3_storage_config
 
 pytestmark = pytest.mark.integration
@@ -164,6 +169,198 @@ def test_unsafe_keys_are_rejected(backend, bad):
                  lambda: backend.store.presign_get(bad, 60)):
         with pytest.raises(InvalidInput):
             call()
+
+
+# -- streaming writer ------------------------------------------------------------------------------
+
+PART = MIN_PART_BYTES  # 5 MiB: S3's minimum part, which SeaweedFS enforces too (EntityTooSmall)
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def write_in_chunks(writer, data: bytes, sizes: tuple[int, ...] = (1, 1 << 20, 7, 6 * 1024 * 1024 + 3)) -> None:
+    """`data` through `writer` in uneven chunks (one byte, smaller than, straddling and larger than a part)."""
+    view, i = memoryview(data), 0
+    while view:
+        n = sizes[i % len(sizes)]
+        assert writer.write(view[:n]) == min(n, len(view))
+        view, i = view[n:], i + 1
+
+
+WRITE_OPS = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload"}
+
+
+def s3_calls(store: ArtifactStore) -> list[str]:
+    """The S3 write operations `store` calls from now on, in order (empty for the local backend)."""
+    calls: list[str] = []
+
+    def record(model, **_) -> None:
+        if model.name in WRITE_OPS:
+            calls.append(model.name)
+
+    if isinstance(store, S3Store):
+        store._client.meta.events.register("before-call.s3", record)
+    return calls
+
+
+def open_uploads(store: ArtifactStore, key: str) -> list[dict]:
+    """Multipart uploads still open at `key` (S3), through the store's own client."""
+    assert isinstance(store, S3Store)
+    return store._client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._full(key)).get("Uploads", [])
+
+
+def assert_no_leftovers(backend: Backend, key: str) -> None:
+    """No temp file (local) or open multipart upload (S3) remains of a writer of `key`."""
+    if isinstance(backend.store, LocalStore):
+        assert list((backend.store.root / ".tmp").iterdir()) == []
+    else:
+        assert open_uploads(backend.store, key) == []
+
+
+def test_writer_streams_a_multipart_object(backend):
+    key = "t/default/exports/big.bin"
+    data = random_bytes(2 * PART + 2 * 1024 * 1024 + 5)  # 3 parts: 5 MiB, 5 MiB, 2 MiB + 5
+    calls = s3_calls(backend.store)
+    with backend.store.open_writer(key, "application/zip", part_bytes=PART) as writer:
+        write_in_chunks(writer, data)
+        writer.flush()
+        assert writer.bytes_written == len(data)
+        with pytest.raises(NotFound):  # nothing visible before the block ends
+            backend.store.head(key)
+    blob = backend.store.get(key)
+    assert blob.info.size == len(data) and blob.data == data
+    assert blob.content_type == "application/zip"
+    assert writer.etag == blob.etag == backend.store.head(key).etag
+    assert [i.key for i in backend.store.list("t/default/exports/")] == [key]
+    if backend.name == "s3":
+        assert calls == ["CreateMultipartUpload", "UploadPart", "UploadPart", "UploadPart",
+                         "CompleteMultipartUpload"]
+    else:
+        assert blob.etag.strip('"') == hashlib.md5(data).hexdigest()
+    assert_no_leftovers(backend, key)
+
+
+@pytest.mark.parametrize("size", [0, 1000, PART])
+def test_writer_up_to_one_part_is_a_single_put(backend, size):
+    key = "t/default/exports/small.zip"
+    data = random_bytes(size, seed=size)
+    calls = s3_calls(backend.store)
+    with backend.store.open_writer(key, "application/zip", part_bytes=PART) as writer:
+        write_in_chunks(writer, data)
+    blob = backend.store.get(key)
+    assert (blob.data, blob.info.size, blob.content_type) == (data, size, "application/zip")
+    assert writer.bytes_written == size and writer.etag == blob.etag
+    assert blob.etag.strip('"') == hashlib.md5(data).hexdigest()  # one PutObject: the plain md5 on S3 too
+    if backend.name == "s3":
+        assert calls == ["PutObject"]
+    assert_no_leftovers(backend, key)
+
+
+@pytest.mark.parametrize("written", [100, 2 * PART + 1], ids=["within-a-part", "after-parts"])
+def test_writer_failure_aborts_and_keeps_the_old_object(backend, written):
+    fresh, existing = "t/default/exports/fresh.zip", "t/default/exports/existing.zip"
+    old_etag = backend.store.put(existing, b"the old export", "application/zip")
+    for key in (fresh, existing):
+        calls = s3_calls(backend.store)
+        with pytest.raises(RuntimeError, match="export failed"):
+            with backend.store.open_writer(key, part_bytes=PART) as writer:
+                write_in_chunks(writer, random_bytes(written))
+                raise RuntimeError("export failed")
+        assert writer.etag is None
+        with pytest.raises(ValueError):
+            writer.write(b"late")  # the writer is closed
+        if backend.name == "s3" and written > PART:
+            assert calls[0] == "CreateMultipartUpload" and calls[-1] == "AbortMultipartUpload"
+        elif backend.name == "s3":
+            assert calls == []  # nothing was sent: no multipart for what fits in one part
+        assert_no_leftovers(backend, key)
+    with pytest.raises(NotFound):
+        backend.store.head(fresh)
+    blob = backend.store.get(existing)
+    assert (blob.data, blob.etag, blob.content_type) == (b"the old export", old_etag, "application/zip")
+    assert [i.key for i in backend.store.list("t/default/exports/")] == [existing]
+
+
+def test_writer_is_a_write_only_stream(backend):
+    with backend.store.open_writer("t/default/exports/s.bin", part_bytes=PART) as writer:
+        assert writer.writable() and not writer.seekable() and not writer.readable()
+        for call in (writer.tell, lambda: writer.seek(0), lambda: writer.read(1)):
+            with pytest.raises(io.UnsupportedOperation):  # an OSError (and ValueError) subclass
+                call()
+        assert writer.write(bytearray(b"ab")) + writer.write(memoryview(b"cdef")[1:]) == 5
+    assert backend.store.get("t/default/exports/s.bin").data == b"abdef"
+    for bad in (MIN_PART_BYTES - 1, 0, 6 * 1024**3):
+        with pytest.raises(ValueError), backend.store.open_writer("t/default/exports/p.bin", part_bytes=bad):
+            pytest.fail("open_writer accepted part_bytes below S3's minimum")
+    with pytest.raises(InvalidInput), backend.store.open_writer("t/default/../escape"):
+        pytest.fail("open_writer accepted an unsafe key")
+    assert_no_leftovers(backend, "t/default/exports/")
+
+
+def test_zipfile_through_the_writer_reads_back(backend):
+    key = "t/default/exports/dataset.zip"
+    big = random_bytes(PART + 1024 * 1024, seed=1)  # stored: the archive spans two parts
+    with backend.store.open_writer(key, "application/zip", part_bytes=PART) as writer:
+        with zipfile.ZipFile(writer, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", b'{"frames": 2}')
+            with zf.open("frames/000000.bin", "w") as entry:
+                for i in range(0, len(big), 1 << 20):
+                    entry.write(big[i:i + (1 << 20)])
+            zf.writestr("frames/000001.bin", b"\0" * 100_000)
+    with zipfile.ZipFile(io.BytesIO(backend.store.get(key).data)) as zf:
+        assert zf.testzip() is None
+        assert zf.namelist() == ["manifest.json", "frames/000000.bin", "frames/000001.bin"]
+        assert zf.read("manifest.json") == b'{"frames": 2}'
+        assert zf.read("frames/000000.bin") == big
+        assert zf.read("frames/000001.bin") == b"\0" * 100_000
+        assert all(info.flag_bits & 0x08 for info in zf.infolist())  # data descriptors: written as a stream
+
+
+def test_s3_down_while_writing_is_unavailable(private_seaweedfs, aws_env):
+    store = open_store(s3_storage_config(private_seaweedfs, connect_timeout_s=1.0, read_timeout_s=1.0,
+                                         max_attempts=1))
+    key = "t/default/exports/outage.zip"
+    with pytest.raises(Unavailable), store.open_writer(key, part_bytes=PART) as writer:
+        writer.write(random_bytes(PART + 1))  # the first part is sent
+        private_seaweedfs.stop()
+        writer.write(random_bytes(PART))  # the second cannot be: the abort cannot either (logged)
+    private_seaweedfs.start()
+    with pytest.raises(NotFound):
+        store.head(key)
+    # The abort was lost with the server: the upload stays open until a lifecycle rule (or this) removes it.
+    (upload,) = open_uploads(store, key)
+    store._client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+# -- listing helpers -------------------------------------------------------------------------------
+
+
+def test_iter_list_pages_through_everything_and_usage_sums(backend, monkeypatch):
+    store = backend.store
+    keys = [f"t/default/sessions/s1/masks/{i:06d}.json" for i in range(7)]
+    for i, key in enumerate(reversed(keys)):
+        store.put(key, b"m" * (i + 1))
+    store.put("t/default/sessions/s2/masks/000000.json", b"not this session")
+    pages: list[tuple[str | None, int]] = []
+    inner_list = store.list
+
+    def spy_list(prefix, *, start_after=None, limit=1000):
+        pages.append((start_after, limit))
+        return inner_list(prefix, start_after=start_after, limit=limit)
+
+    monkeypatch.setattr(store, "list", spy_list)
+    listed = list(store.iter_list("t/default/sessions/s1/", page=3))
+    assert [i.key for i in listed] == keys
+    assert [i.size for i in listed] == [7, 6, 5, 4, 3, 2, 1]
+    assert pages == [(None, 3), (keys[2], 3), (keys[5], 3)]
+    assert store.usage("t/default/sessions/s1/") == (7, 28)
+    assert store.usage("t/default/sessions/") == (8, 28 + len(b"not this session"))
+    assert store.usage("t/nobody/") == (0, 0)
+    assert list(store.iter_list("t/nobody/", page=1)) == []
+    with pytest.raises(ValueError):
+        next(store.iter_list("t/default/", page=0))
 
 
 # -- conditional writes ----------------------------------------------------------------------------

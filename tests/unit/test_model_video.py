@@ -411,6 +411,28 @@ def test_cancellation(runner):
     assert list(results) == [] and s.counters.frames_processed == 3
 
 
+def test_chunks_restored_from_saves_match_one_run(runner):
+    """What a pcs_video job relies on to resume (pipelines/video_jobs.py): forward tracking in chunks, each from
+    the state the previous chunk saved (add_text on the scope's first frame, save, then save after each
+    chunk), gives exactly the frames of one uninterrupted propagation, whichever chunk boundary it resumes at."""
+    whole = runner.new_session(SRC)
+    whole.add_text(2, "red")
+    uninterrupted = list(whole.propagate(2, "forward"))
+    assert [r.frame_index for r in uninterrupted] == list(range(2, 12))
+
+    s = runner.new_session(SRC)
+    s.add_text(2, "red")
+    data = s.save()
+    chunked: list[VideoFrameResult] = []
+    for start in (2, 6, 10):  # chunks of 4 frames: 2..5, 6..9, 10..11
+        s = runner.load_session(data, SRC)  # a new attempt: the state of the last finished chunk
+        chunked += s.propagate(start, "forward", max_frames=min(3, 11 - start))
+        data = s.save()
+    assert [r.frame_index for r in chunked] == list(range(2, 12))
+    assert all(same(a, b) for a, b in zip(chunked, uninterrupted))
+    assert any(len(r.object_ids) for r in chunked)  # not vacuous: objects were tracked
+
+
 def test_save_load_continues_identically(runner):
     whole = runner.new_session(SRC)
     whole.add_clicks(0, None, [[50, 10]], [1])  # first: the text prompt then fills max_num_objects

@@ -475,7 +475,7 @@ def test_pools_are_bounded_and_sized_from_config(tmp_path):
     from serve_app.pipelines.services import Services
 
     cfg = AppConfig(ingress={"cpu_threads": 3}, storage={"io_threads": 5, "uri": f"file://{tmp_path}"})
-    Services.create(cfg, concept_handle=None)
+    Services.create(cfg, concept_handle=None, sessions_handle=None)
     assert (pools.pools().cpu._max_workers, pools.pools().io._max_workers) == (3, 5)
     assert 1 <= pools.replica_cpus() <= (len(__import__("os").sched_getaffinity(0)))
     assert AppConfig().storage.io_threads == 16 and AppConfig().ingress.cpu_threads is None

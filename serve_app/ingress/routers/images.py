@@ -1,4 +1,5 @@
-"""POST /v1/images: store an image once (id = sha256 of its bytes) and, by default, cache its embedding."""
+"""POST /v1/images: store an image once (id = sha256 of its bytes) and, by default, cache its embedding;
+GET /v1/images lists the stored images, DELETE /v1/images/{image_id} deletes one."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from serve_app.errors import Overloaded, Timeout, Unavailable
 from serve_app.ingress.body import content_kind, form_bool, image_body_limit, read_form_file, read_json_model
@@ -14,7 +15,7 @@ from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema
 from serve_app.pipelines.timings import round_ms
-from serve_app.schemas import ErrorBody, ImageUploadRequest, ImageUploadResponse
+from serve_app.schemas import ErrorBody, ImageList, ImageUploadRequest, ImageUploadResponse
 
 router = APIRouter(tags=["images"])
 log = logging.getLogger("serve_app.ingress")
@@ -77,3 +78,30 @@ async def _parse_multipart(request: Request, max_bytes: int) -> tuple[bytes, boo
     data, form = await read_form_file(request, ("file", "image"), max_file_bytes=max_bytes,
                                       body_limit=max_bytes + 64 * 1024, max_fields=8)
     return data, form_bool(form.get("precompute"), "precompute")
+
+
+@router.get(
+    "/v1/images", response_model=ImageList, tags=["media library"],
+    responses={code: {"model": ErrorBody} for code in (400, 422, 503)},
+    summary="The stored images (POST /v1/images), in image_id order",
+    description="Pages of `limit` entries; pass `next_cursor` as `cursor` for the next page. Image ids are content "
+    "hashes, so the order is not by time; created_at is when the bytes were stored.",
+)
+async def list_images(ctx: Annotated[IngressContext, Depends(get_context)],
+                      limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                      cursor: Annotated[str | None, Query(max_length=128)] = None) -> ImageList:
+    entries, next_cursor = await ctx.services.images.list_stored(limit, cursor)
+    return ImageList(images=entries, next_cursor=next_cursor)
+
+
+@router.delete(
+    "/v1/images/{image_id}", status_code=204, tags=["media library"],
+    responses={code: {"model": ErrorBody} for code in (400, 404, 422, 503)},
+    summary="Delete a stored image",
+    description="404 image_not_found when it is not stored. Requests that read it by image_id then get 404 "
+    "image_not_found, except clicks/automatic masks answered from an embedding a click replica still caches "
+    "(until it is evicted).",
+)
+async def delete_image(image_id: str, ctx: Annotated[IngressContext, Depends(get_context)]) -> Response:
+    await ctx.services.images.delete_stored(image_id)
+    return Response(status_code=204)

@@ -41,11 +41,14 @@ def job_view(record: JobRecord, results: ResultPublisher | None = None) -> JobVi
         "started_at": _iso(record.started_at), "finished_at": _iso(record.finished_at),
         "attempts": record.attempts, "max_attempts": record.max_attempts,
         "error": record.error.model_dump() if record.error else None,
+        "progress": record.progress.model_dump() if record.progress else None,
     }
     if results is not None and record.status == "succeeded" and record.result_key:
         view["result_url"] = results.presign(record.result_key)
         if record.overlay_key:
             view["overlay_url"] = results.presign(record.overlay_key)
+        if record.artifact_key:
+            view["export_url"] = results.presign(record.artifact_key)
         view["urls_expire_at"] = expiry_iso(results.expiry_s)
     return JobView.model_validate(view)
 
@@ -74,7 +77,12 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     body = await read_json_model(request, JobRequest, image_body_limit(ctx.config.limits))
-    record = await asyncio.to_thread(ctx.services.jobs.submit, body.kind, body.input, idempotency_key)
+    return await submit(ctx, body.kind, body.input, idempotency_key)
+
+
+async def submit(ctx: IngressContext, kind: str, input: dict, idempotency_key: str | None) -> JSONResponse:
+    """Store a job, hand it to a worker, answer 202 with its view and Location (every route that makes a job)."""
+    record = await asyncio.to_thread(ctx.services.jobs.submit, kind, input, idempotency_key)
     if record.status == "queued":
         await _dispatch(ctx, record.job_id)
     return JSONResponse(job_view(record).model_dump(mode="json", exclude_none=True), status_code=202,

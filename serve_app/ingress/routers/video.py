@@ -14,12 +14,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, Web
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, Sam3Error, format_validation_errors
+from serve_app.errors import InvalidInput, PayloadTooLarge, Sam3Error, format_validation_errors
 from serve_app.ingress.body import content_kind, loads_json, parse_model, read_json_model
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema, json_request_body
-from serve_app.pipelines.image_library import parse_s3_url
 from serve_app.pipelines.video import ndjson, session_view
 from serve_app.schemas import (
     ErrorBody,
@@ -32,7 +31,6 @@ from serve_app.schemas import (
     SessionView,
     VideoPromptRequest,
     VideoPromptResponse,
-    VideoRef,
 )
 from serve_app.sessions.records import SessionSource
 from serve_app.storage import keys
@@ -79,7 +77,7 @@ async def create_session(request: Request, ctx: Ctx) -> SessionView:
         if content_kind(request) == "json":
             body = await read_json_model(request, SessionCreateRequest, 64 * 1024)
             sessions.check_options(body)
-            path, source = await _fetch(ctx, body.video, workdir, limits.max_video_bytes)
+            path, source = await sessions.fetch(body.video, workdir)
             opts: SessionOptionsIn = body
         else:
             path, opts = await _receive_upload(request, workdir, limits.max_video_bytes)
@@ -93,6 +91,16 @@ async def create_session(request: Request, ctx: Ctx) -> SessionView:
 
 async def _receive_upload(request: Request, workdir: str, max_bytes: int) -> tuple[str, SessionOptionsIn]:
     """multipart/form-data: the `video` file copied to `workdir` (413 past max_bytes) + options."""
+    path, _, fields = await receive_video_upload(request, workdir, max_bytes)
+    raw = {k: fields.get(k) for k in ("max_frames", "fps") if fields.get(k) not in (None, "")}
+    return path, parse_model(SessionOptionsIn, raw)
+
+
+async def receive_video_upload(request: Request, workdir: str,
+                               max_bytes: int) -> tuple[str, str | None, dict[str, Any]]:
+    """multipart/form-data with a `video` file part: the file copied to `workdir/video` (413 video_too_large past
+    `max_bytes`, 400 missing_video / malformed_multipart). Returns (path, the part's client file name or None,
+    the other form fields by name: strings, or UploadFile for file parts)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise PayloadTooLarge(f"request body is {declared} bytes, video limit {max_bytes}", "video_too_large")
@@ -115,48 +123,7 @@ async def _receive_upload(request: Request, workdir: str, max_bytes: int) -> tup
                 out.write(chunk)
 
     await asyncio.to_thread(copy)
-    raw = {k: form.get(k) for k in ("max_frames", "fps") if form.get(k) not in (None, "")}
-    return path, parse_model(SessionOptionsIn, raw)
-
-
-async def _fetch(ctx: IngressContext, ref: VideoRef, workdir: str, max_bytes: int) -> tuple[str, SessionSource]:
-    """The referenced video copied to `workdir`: an upload, an s3:// object of an allowed bucket, or a stored
-    video of an earlier session."""
-    store = ctx.services.store
-    tenant = ctx.services.images.tenant
-    path = os.path.join(workdir, "video")
-    if ref.video_id is not None:
-        keys.video_key(tenant, ref.video_id)  # validates the id
-        return (await asyncio.to_thread(ctx.video.stored_video_path, ref.video_id, workdir),
-                SessionSource(video_id=ref.video_id))
-    if ref.upload_id is not None:
-        key = keys.upload_key(tenant, ref.upload_id)
-        try:
-            info = await asyncio.to_thread(store.head, key)
-        except NotFound:
-            raise NotFound(f"no upload {ref.upload_id}: PUT the file to the upload URL first",
-                           "upload_not_found") from None
-        if info.size > max_bytes:
-            raise PayloadTooLarge(f"upload is {info.size} bytes, video limit {max_bytes}", "video_too_large")
-        data = (await asyncio.to_thread(store.get, key)).data
-        source = SessionSource(upload_id=ref.upload_id)
-    else:
-        assert ref.url is not None
-        bucket, key = parse_s3_url(ref.url)
-        if bucket not in ctx.config.storage.allowed_url_buckets:
-            raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
-        try:
-            data = (await asyncio.to_thread(store.get_from_bucket, bucket, key, max_bytes)).data
-        except NotFound:
-            raise NotFound(f"no object at {ref.url}", "video_not_found") from None
-        source = SessionSource(url=ref.url)
-    await asyncio.to_thread(_write, path, data)
-    return path, source
-
-
-def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+    return path, upload.filename, {k: form.get(k) for k in form.keys() if k != "video"}
 
 
 @router.get("/v1/video/sessions", response_model=SessionList, response_model_exclude_none=True, responses=ERRORS,
