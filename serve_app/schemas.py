@@ -632,22 +632,12 @@ class VideoList(WireModel):
     next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
 
 
-class VideoCreateRequest(WireModel):
-    """JSON body of POST /v1/videos: exactly one source (multipart: a `video` file plus an optional `name`)."""
+class VideoCreateRequest(VideoRef):
+    """JSON body of POST /v1/videos: exactly one source (multipart: a `video` file plus an optional `name`). A
+    `video_id` names a video already stored by a session create: it is registered in the library."""
 
-    upload_id: str | None = Field(None, description="id returned by POST /v1/uploads, after the PUT.")
-    url: S3Url | None = Field(None, description="s3://bucket/key inside an allowed bucket (key <= 1024 UTF-8 bytes).")
-    video_id: str | None = Field(None, description="A video already stored by a session create (its bytes are kept "
-                                 "content-addressed): registers it in the library.")
     name: MediaName | None = Field(None, description='Display name; default "video-{first 12 hex of the id}". Not '
                                    "applied when the video is already in the library.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "VideoCreateRequest":
-        given = [k for k in ("upload_id", "url", "video_id") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of upload_id, url, video_id (got {given or 'none'})")
-        return self
 
 
 class VideoPatchRequest(WireModel):

@@ -13,9 +13,10 @@ Keys (serve_app.storage.keys):
     t/{tenant}/videos-index/{inv ms}-{sha256}  empty marker: lists the library newest first
 
 A video is IN THE LIBRARY when its metadata object exists. A session created from a multipart upload, an
-upload id or a url stores the bytes (`VideoSessions._keep_video`); until that is registered with `add_file`
-(or POST /v1/videos names it by `video_id`) the video has bytes but no metadata, and GET /v1/videos/{id}
-answers 404 video_not_found; sessions can still be created from it by `video_id`.
+upload id or a url registers its video here (`VideoSessions.create` calls `add_file` with the ingest's
+metadata). Bytes without metadata (stored by an older version, or a registration cut short) answer
+GET /v1/videos/{id} with 404 video_not_found until POST /v1/videos names them by `video_id`; sessions can
+still be created from them by `video_id`.
 
 Invariants and failure handling:
 - Ids are the sha256 of the bytes, so a second upload of the same file finds the metadata and returns the

@@ -47,7 +47,7 @@ _FORM_SCHEMA = {
 
 
 def _library(ctx: IngressContext) -> VideoLibrary:
-    return VideoLibrary(ctx.services.store, ctx.services.images.tenant, ctx.config)
+    return ctx.video.library
 
 
 @router.post(
