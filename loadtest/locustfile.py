@@ -14,6 +14,10 @@ Users (weights = share of the simulated population):
   PyAV), prompts a random frame (a text prompt or clicks on 1-3 objects; 409 session_starting is retried and
   counted apart), propagates both ways reading the whole NDJSON stream, scrubs a few frames (GET frames/{i})
   and stored masks, then deletes the session.
+- ExportUser (1): prepares one such session once (create, prompt frame 0, propagate), then exports it again and
+  again as COCO (POST /v1/video/sessions/{sid}/exports -> a video_export job), polls the job until it
+  succeeded and downloads the ZIP from export_url (checked: manifest + instances.json of every frame); the
+  whole submit -> download time is reported as "video export (submit to download)".
 Every response is checked for content (ids, masks, statuses, frame coverage), not only for a 200: a wrong body
 is a failure in Locust's stats. 429 + Retry-After (back-pressure) is counted as its own failure kind.
 
@@ -30,6 +34,7 @@ import json
 import os
 import random
 import time
+import zipfile
 
 import numpy as np
 from locust import HttpUser, LoadTestShape, between, task
@@ -192,11 +197,10 @@ def valid_frame(frame: dict) -> bool:
         for o in frame.get("objects", []))
 
 
-class VideoUser(HttpUser):
-    """One video session per task, from upload to delete (a person annotating a short clip)."""
+class VideoSessionUser(HttpUser):
+    """The video-session calls VideoUser and ExportUser share (no tasks of its own)."""
 
-    weight = 1
-    wait_time = between(1.0, 3.0)
+    abstract = True
     start_timeout_s = 120.0  # how long a prompt may answer 409 session_starting (actor start, model load)
 
     def on_start(self) -> None:
@@ -204,17 +208,6 @@ class VideoUser(HttpUser):
 
     def on_stop(self) -> None:
         self.delete_session()
-
-    @task
-    def annotate_clip(self) -> None:
-        if not self.create_session():
-            return
-        try:
-            frame = random.randrange(VIDEO_FRAMES)
-            if self.prompt(frame) and self.propagate(frame):
-                self.scrub()
-        finally:
-            self.delete_session()
 
     def create_session(self) -> bool:
         files = {"video": ("clip.mp4", synthetic_mp4(), "video/mp4")}
@@ -307,6 +300,84 @@ class VideoUser(HttpUser):
         sid, self.sid = self.sid, None
         with self.client.delete(f"/v1/video/sessions/{sid}", name="video delete session", catch_response=True) as r:
             check(r, r.status_code == 204, "204")
+
+
+class VideoUser(VideoSessionUser):
+    """One video session per task, from upload to delete (a person annotating a short clip)."""
+
+    weight = 1
+    wait_time = between(1.0, 3.0)
+
+    @task
+    def annotate_clip(self) -> None:
+        if not self.create_session():
+            return
+        try:
+            frame = random.randrange(VIDEO_FRAMES)
+            if self.prompt(frame) and self.propagate(frame):
+                self.scrub()
+        finally:
+            self.delete_session()
+
+
+class ExportUser(VideoSessionUser):
+    """A session prepared once (create, a prompt on frame 0, a propagation over every frame: the first task run
+    does it), then exported again and again as COCO: POST .../exports (202 + a video_export job), GET the job
+    until it succeeded, download the ZIP from export_url."""
+
+    weight = 1
+    wait_time = between(1.0, 3.0)
+    poll_s = 0.25
+    timeout_s = 120.0
+
+    @task
+    def export_coco(self) -> None:
+        if self.sid is None and not self.prepare():
+            return
+        t0 = time.perf_counter()
+        with self.client.post(f"/v1/video/sessions/{self.sid}/exports", json={"formats": ["coco_instance"]},
+                              name="video export submit", catch_response=True) as r:
+            data = r.json() if r.status_code == 202 else {}
+            if not check(r, r.status_code == 202 and data.get("kind") == "video_export"
+                         and r.headers.get("Location", "").startswith("/v1/jobs/"), "202 + a video_export job"):
+                return
+            location = r.headers["Location"]
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            with self.client.get(location, name="video export poll", catch_response=True) as r:
+                view = r.json() if r.status_code == 200 else {}
+                status = view.get("status")
+                ok = status in ("queued", "running") or (status == "succeeded" and bool(view.get("export_url")))
+                if not check(r, ok and time.monotonic() < deadline, f"status {status} (export_url once succeeded, "
+                             f"within {self.timeout_s:g} s): {view.get('error')}"):
+                    return
+            if status == "succeeded":
+                break
+            time.sleep(self.poll_s)
+        with self.client.get(view["export_url"], name="video export download", catch_response=True) as r:
+            ok = False
+            if r.status_code == 200 and r.content[:2] == b"PK":
+                try:
+                    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+                        manifest = json.loads(zf.read("export/manifest.json"))
+                        ok = manifest["frames"]["count"] == VIDEO_FRAMES and \
+                            "export/annotations/instances.json" in zf.namelist()
+                except (zipfile.BadZipFile, KeyError, ValueError):
+                    ok = False
+            if not check(r, ok, f"a ZIP with the manifest and COCO of {VIDEO_FRAMES} frames"):
+                return
+        # the whole export as the user sees it: submit -> succeeded -> downloaded
+        self.environment.events.request.fire(
+            request_type="JOB", name="video export (submit to download)",
+            response_time=(time.perf_counter() - t0) * 1e3, response_length=len(r.content), exception=None,
+            context={})
+
+    def prepare(self) -> bool:
+        """A session with masks stored on every frame (prompt on frame 0, propagated both ways from it)."""
+        if self.create_session() and self.prompt(0) and self.propagate(0):
+            return True
+        self.delete_session()
+        return False
 
 
 class StepLoad(LoadTestShape):
