@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from serve_app.errors import InvalidInput
+from pydantic import BaseModel, ValidationError
+
+from serve_app.errors import InvalidInput, ValidationFailed, format_validation_errors
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_job_input(model: type[M], input: dict) -> M:
+    """A job's input as `model`, validated strictly as JSON (`true` is no number); 422 invalid_job_input with
+    the first problem otherwise. For `JobKind.validate` and `execute`."""
+    try:
+        return model.model_validate(input, strict=True)
+    except ValidationError as exc:
+        raise ValidationFailed("input: " + format_validation_errors(exc.errors()), "invalid_job_input") from None
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,12 @@ registered in `job_kinds`.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from serve_app.config import JobsConfig
-from serve_app.errors import ValidationFailed, format_validation_errors
-from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput
+from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput, parse_job_input
 from serve_app.pipelines.concept import ConceptPipeline, validate_options
 from serve_app.pipelines.video_exports import VideoExports
 from serve_app.pipelines.video_jobs import PcsVideoJob, VideoExportJob
 from serve_app.schemas import ConceptImageRequest
-
-
-def parse_concept_input(input: dict) -> ConceptImageRequest:
-    """The job input as a ConceptImageRequest (422 with the first problem otherwise)."""
-    try:
-        return ConceptImageRequest.model_validate(input, strict=True)  # JSON: `true` is no number
-    except ValidationError as exc:
-        raise ValidationFailed("input: " + format_validation_errors(exc.errors()), "invalid_job_input") from None
 
 
 class ConceptImageJob:
@@ -41,10 +30,10 @@ class ConceptImageJob:
         self.pipeline = pipeline
 
     def validate(self, input: dict) -> None:
-        validate_options(parse_concept_input(input), self.pipeline.limits)
+        validate_options(parse_job_input(ConceptImageRequest, input), self.pipeline.limits)
 
     async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
-        request = parse_concept_input(input)
+        request = parse_job_input(ConceptImageRequest, input)
         data = await self.pipeline.images.load(request.image)
         response, overlay_png = await self.pipeline.segment(data, request, request_id=ctx.job_id)
         return JobOutput(response.model_dump_json(exclude_none=True, by_alias=True).encode(), overlay_png)

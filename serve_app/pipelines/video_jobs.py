@@ -31,13 +31,17 @@ import json
 import logging
 import shutil
 import tempfile
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from serve_app.config import JobsConfig
-from serve_app.errors import Conflict, NotFound, Sam3Error, Unavailable, ValidationFailed, format_validation_errors
-from serve_app.jobs.kinds import JobContext, JobOutput, JobProgress
+from serve_app.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Sam3Error,
+    Unavailable,
+)
+from serve_app.jobs.kinds import JobContext, JobOutput, JobProgress, parse_job_input
 from serve_app.pipelines.pools import run_io
 from serve_app.pipelines.video import VideoSessions
 from serve_app.pipelines.video_exports import VideoExports, frame_range
@@ -51,17 +55,6 @@ from serve_app.schemas import (
 from serve_app.storage import keys
 
 log = logging.getLogger("serve_app.jobs")
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse_input(model: type[M], input: dict) -> M:
-    """The job input as `model` (422 invalid_job_input with the first problem otherwise)."""
-    try:
-        return model.model_validate(input, strict=True)  # JSON: `true` is no number
-    except ValidationError as exc:
-        raise ValidationFailed("input: " + format_validation_errors(exc.errors()), "invalid_job_input") from None
-
 
 async def track(sessions: VideoSessions, sid: str, start: int, end: int, request_id: str) -> int:
     """Propagate session `sid` forward over frames start..end (inclusive), storing each frame's masks; returns
@@ -92,10 +85,10 @@ class VideoExportJob:
         self.exports = exports
 
     def validate(self, input: dict) -> None:
-        parse_input(VideoExportJobInput, input)
+        parse_job_input(VideoExportJobInput, input)
 
     async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
-        req = parse_input(VideoExportJobInput, input)
+        req = parse_job_input(VideoExportJobInput, input)
         plan = await self.exports.plan(req.session_id, req, allow_missing=req.auto_propagate_if_incomplete)
         missing = await self.exports.missing(plan)
         propagated = 0
@@ -122,10 +115,10 @@ class PcsVideoJob:
         self.hold_after_chunks: int | None = None  # debug interface (tests): stop before chunk n+1 of an attempt
 
     def validate(self, input: dict) -> None:
-        parse_input(PcsVideoJobInput, input)
+        parse_job_input(PcsVideoJobInput, input)
 
     async def execute(self, input: dict, ctx: JobContext) -> JobOutput:
-        req = parse_input(PcsVideoJobInput, input)
+        req = parse_job_input(PcsVideoJobInput, input)
         async with self._slots:
             return await self._run(req, ctx)
 
@@ -166,7 +159,11 @@ class PcsVideoJob:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         assert record.video is not None
         sid = record.session_id
-        start, end = frame_range(req.export, record.video)
+        try:
+            start, end = frame_range(req.export, record.video)  # the scope is only checkable after the ingest
+        except InvalidInput:
+            await self.sessions.delete(sid)
+            raise
         state = {"session_id": sid, "start": start, "end": end, "next_frame": start, "ready": False}
         await run_io(self._save, ctx.job_id, state)  # a retry finds (and drops) this session if we die now
         for text in req.prompts:
