@@ -177,7 +177,7 @@ def test_list_jobs_newest_first_with_filter_and_pages(serve_url):
 
 
 @pytest.mark.parametrize("method, path, body, status, code", [
-    ("post", "/v1/jobs", {"kind": "video_export", "input": {}}, 400, "unknown_job_kind"),
+    ("post", "/v1/jobs", {"kind": "segment_audio", "input": {}}, 400, "unknown_job_kind"),
     ("post", "/v1/jobs", {"kind": "pcs_image", "input": {"prompts": [{"text": "x"}]}}, 422, "invalid_job_input"),
     ("post", "/v1/jobs", {"kind": "pcs_image", "input": {"image": {"image_id": "0" * 64}, "prompts": []}},
      400, "no_prompts"),
