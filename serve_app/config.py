@@ -490,3 +490,10 @@ class AppConfig(StrictModel):
     video: VideoConfig = Field(default_factory=VideoConfig, description="Video sessions.")
     observability: ObservabilityConfig = Field(
         default_factory=ObservabilityConfig, description="Debug interface and other self-inspection.")
+
+
+def known_tenants(cfg: AppConfig) -> list[str]:
+    """Every tenant this deployment serves: storage.default_tenant and the tenants of auth.keys (sorted, once
+    each). Background work that scans storage per tenant (job recovery, the session reaper) covers these."""
+    auth = getattr(cfg, "auth", None)  # the auth section (API keys -> tenants) may be absent
+    return sorted({cfg.storage.default_tenant, *(entry.tenant for entry in (auth.keys if auth else []))})

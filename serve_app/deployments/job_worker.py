@@ -19,9 +19,9 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, known_tenants
 from serve_app.errors import Forbidden
-from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.runner import JobRunner, JobSlots
 from serve_app.pipelines.services import Services
 from serve_app.pipelines.video_jobs import PcsVideoJob
 from serve_app.storage.base import ConditionalWrites
@@ -41,7 +41,10 @@ class JobWorker:
         except Exception:  # outside Serve (never in production)
             replica = "local"
         self.owner_id = f"{replica}-{uuid.uuid4().hex[:8]}"
-        self.runner = JobRunner(self.services.jobs, self.services.jobs.kinds, self.owner_id, config.jobs)
+        self.slots = JobSlots(config.jobs.max_concurrent_jobs)  # shared: max_concurrent_jobs in all, any tenant
+        self.runners: dict[str, JobRunner] = {}
+        for tenant in known_tenants(config):
+            self._runner(tenant)
         try:  # bounded: a slow storage must not hold up the replica's start (the probe finishes in its thread)
             writes = await asyncio.wait_for(asyncio.to_thread(self.services.store.conditional_writes), 10.0)
         except asyncio.TimeoutError:
@@ -52,12 +55,25 @@ class JobWorker:
         elif writes.state == "unknown":
             log.warning("JobWorker %s could not probe storage yet (%s); it will before claiming a job",
                         self.owner_id, writes.reason)
-        self.runner.start()  # the recovery loop, on this replica's event loop
-        log.info("JobWorker %s ready (kinds: %s)", self.owner_id, ", ".join(self.services.jobs.kinds.names()))
+        for runner in self.runners.values():
+            runner.start()  # the recovery loops (one per tenant), on this replica's event loop
+        log.info("JobWorker %s ready (kinds: %s; tenants: %s)", self.owner_id,
+                 ", ".join(self.services.jobs.kinds.names()), ", ".join(self.runners))
 
-    async def start_job(self, job_id: str) -> str:
-        """Start running `job_id` in the background; returns this worker's id at once."""
-        self.runner.dispatch(job_id)
+    def _runner(self, tenant: str) -> JobRunner:
+        """The runner of `tenant`'s jobs (made on first use for a tenant the config did not list)."""
+        runner = self.runners.get(tenant)
+        if runner is None:
+            jobs = self.services.for_tenant(tenant).jobs
+            runner = self.runners[tenant] = JobRunner(jobs, jobs.kinds, self.owner_id, self.services.config.jobs,
+                                                      self.slots)
+        return runner
+
+    async def start_job(self, job_id: str, tenant: str | None = None) -> str:
+        """Start running `tenant`'s job `job_id` in the background; returns this worker's id at once."""
+        runner = self._runner(tenant or self.services.tenant)
+        runner.start()
+        runner.dispatch(job_id)
         return self.owner_id
 
     async def debug_hold_video_jobs(self, after_chunks: int | None) -> str:
@@ -65,7 +81,8 @@ class JobWorker:
         until the replica dies (None: run on). Returns this worker's id."""
         if not self.debug_enabled:
             raise Forbidden("the debug interface is off (observability.debug_interface)", "debug_disabled")
-        kind = self.services.jobs.kinds.get("pcs_video")
-        assert isinstance(kind, PcsVideoJob)
-        kind.hold_after_chunks = after_chunks
+        for runner in self.runners.values():
+            kind = runner.kinds.get("pcs_video")
+            assert isinstance(kind, PcsVideoJob)
+            kind.hold_after_chunks = after_chunks
         return self.owner_id

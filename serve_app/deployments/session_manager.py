@@ -29,7 +29,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, known_tenants
 from serve_app.errors import Conflict, NotFound, Overloaded, StartupFailure, startup_lines
 from serve_app.sessions.actor import AttachInfo, SessionActor
 from serve_app.sessions.records import (
@@ -72,7 +72,8 @@ class _Owner:
     generation: int
     attach: asyncio.Future  # the attach call (done once the actor holds the session)
     rebuilt: bool
-    touched: float = 0.0
+    tenant: str = "default"  # whose session it is (owners are keyed by session id: ids are random, and every
+    touched: float = 0.0     # request reads the record of ITS tenant first, so another tenant's id is a 404)
 
 
 def gpu_share(cfg: AppConfig) -> float:
@@ -91,7 +92,8 @@ class SessionManager:
 
         self.cfg = config
         self.video = config.video
-        self.records = SessionStore(open_store_explained(config.storage), config.storage.default_tenant)
+        self.store = open_store_explained(config.storage)
+        self._records: dict[str, SessionStore] = {}  # tenant -> its session records
         self.gpu_fraction = gpu_share(config)
         self.pool: list[tuple[str, Any]] = []  # warm, unattached actors
         self.owners: dict[str, _Owner] = {}  # session id -> its actor (on this replica)
@@ -101,35 +103,47 @@ class SessionManager:
                  self.video.warm_pool)
 
     # ------------------------------------------------------------------ records
-    async def create(self, source: SessionSource, options: SessionOptions) -> SessionRecord:
-        """A new session record in state `ingesting` (the ingress extracts the frames next)."""
-        return await asyncio.to_thread(self.records.create, source=source, options=options)
+    # Every method takes the caller's `tenant` (keyword; default storage.default_tenant): a session is only
+    # ever read from, and written to, that tenant's records.
+    def records(self, tenant: str | None) -> SessionStore:
+        tenant = tenant or self.cfg.storage.default_tenant
+        store = self._records.get(tenant)
+        if store is None:
+            store = self._records[tenant] = SessionStore(self.store, tenant)
+        return store
 
-    async def ingest_progress(self, session_id: str, done: int, total: int) -> None:
+    async def create(self, source: SessionSource, options: SessionOptions, *, tenant: str | None = None
+                     ) -> SessionRecord:
+        """A new session record in state `ingesting` (the ingress extracts the frames next)."""
+        return await asyncio.to_thread(self.records(tenant).create, source=source, options=options)
+
+    async def ingest_progress(self, session_id: str, done: int, total: int, *, tenant: str | None = None) -> None:
         def fn(r: SessionRecord) -> SessionRecord:
             r.progress.done, r.progress.total = done, total
             return r
-        await asyncio.to_thread(self.records.mutate, session_id, fn)
+        await asyncio.to_thread(self.records(tenant).mutate, session_id, fn)
 
-    async def ingest_failed(self, session_id: str, code: str, message: str) -> None:
+    async def ingest_failed(self, session_id: str, code: str, message: str, *, tenant: str | None = None) -> None:
         """Ingest refused the video: the session is deleted with whatever was stored."""
-        await asyncio.to_thread(self.records.delete_all, session_id)
+        await asyncio.to_thread(self.records(tenant).delete_all, session_id)
         log.info("session %s: ingest failed (%s: %s)", session_id, code, message)
 
-    async def ingest_done(self, session_id: str, video: dict[str, Any], source: SessionSource) -> SessionRecord:
+    async def ingest_done(self, session_id: str, video: dict[str, Any], source: SessionSource, *,
+                          tenant: str | None = None) -> SessionRecord:
         """Frames are stored: the session is ready; an actor starts attaching in the background."""
         def fn(r: SessionRecord) -> SessionRecord:
             r.state, r.video, r.source = "ready", VideoInfo.model_validate(video), source
             r.progress.done = r.progress.total = r.video.num_frames
             return r
-        record = await asyncio.to_thread(self.records.mutate, session_id, fn)
+        record = await asyncio.to_thread(self.records(tenant).mutate, session_id, fn)
         try:
             await self._owner(record, wait=False)  # the attach runs in the background
         except Overloaded:
             pass  # the first prompt answers too_many_sessions if there is still no room
         return record
 
-    async def objects_changed(self, session_id: str, *, removed: int | None = None, reset: bool = False) -> None:
+    async def objects_changed(self, session_id: str, *, removed: int | None = None, reset: bool = False,
+                              tenant: str | None = None) -> None:
         """Record what makes stored frame results stale: a removed object id, or a reset (all of them)."""
         def fn(r: SessionRecord) -> SessionRecord:
             if reset:
@@ -137,30 +151,31 @@ class SessionManager:
             elif removed is not None and removed not in r.removed_obj_ids:
                 r.removed_obj_ids.append(removed)
             return r
-        await asyncio.to_thread(self.records.mutate, session_id, fn)
+        await asyncio.to_thread(self.records(tenant).mutate, session_id, fn)
 
-    async def get(self, session_id: str) -> SessionRecord:
-        return await asyncio.to_thread(self._get_live, session_id)
+    async def get(self, session_id: str, *, tenant: str | None = None) -> SessionRecord:
+        return await asyncio.to_thread(self._get_live, session_id, tenant)
 
-    async def list(self, limit: int, cursor: str | None) -> tuple[builtins.list[SessionRecord], str | None]:
-        records, next_cursor = await asyncio.to_thread(self.records.list, None, limit, cursor)
+    async def list(self, limit: int, cursor: str | None, *, tenant: str | None = None
+                   ) -> tuple[builtins.list[SessionRecord], str | None]:
+        records, next_cursor = await asyncio.to_thread(self.records(tenant).list, None, limit, cursor)
         return [r for r in records if r.state != "deleted"], next_cursor
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, *, tenant: str | None = None) -> None:
         """Stop its actor (if any) and delete the session with every artifact. Idempotent."""
-        await asyncio.to_thread(self._get_live, session_id)
+        await asyncio.to_thread(self._get_live, session_id, tenant)
         async with self._lock:
             owner = self.owners.pop(session_id, None)
         if owner is not None:
             await self._free(owner, checkpoint=False)
-        await asyncio.to_thread(self.records.delete_all, session_id)
+        await asyncio.to_thread(self.records(tenant).delete_all, session_id)
 
     # ------------------------------------------------------------------ owners
-    async def acquire(self, session_id: str) -> SessionLease:
+    async def acquire(self, session_id: str, *, tenant: str | None = None) -> SessionLease:
         """The actor that holds `session_id` now, (re)building one if needed. Raises NotFound,
         SessionStarting (409 + Retry-After: the actor is loading, pending a GPU, or replaying),
         Conflict session_not_ready (still ingesting), Overloaded too_many_sessions."""
-        record = await asyncio.to_thread(self._get_live, session_id)
+        record = await asyncio.to_thread(self._get_live, session_id, tenant)
         if record.state == "ingesting":
             raise Conflict(f"session {session_id} is still ingesting its video", "session_not_ready",
                            retry_after_s=max(1, int(self.video.start_timeout_s)))
@@ -168,10 +183,10 @@ class SessionManager:
         loop = asyncio.get_event_loop()
         if loop.time() - owner.touched > _TOUCH_EVERY_S:
             owner.touched = loop.time()
-            await asyncio.to_thread(self.records.mutate, session_id, _touch)
+            await asyncio.to_thread(self.records(tenant).mutate, session_id, _touch)
         return SessionLease(owner.name, self.video.actor.namespace, owner.generation, owner.rebuilt, record.video)
 
-    async def lost(self, session_id: str, generation: int) -> None:
+    async def lost(self, session_id: str, generation: int, *, tenant: str | None = None) -> None:
         """A caller saw the owner of `generation` die: forget it (the next acquire rebuilds)."""
         async with self._lock:
             owner = self.owners.get(session_id)
@@ -190,7 +205,7 @@ class SessionManager:
         def fn(r: SessionRecord) -> SessionRecord:
             r.state, r.actor = "parked", ActorRef(generation=r.actor.generation)
             return r
-        await asyncio.to_thread(self.records.mutate, session_id, fn)
+        await asyncio.to_thread(self.records(owner.tenant).mutate, session_id, fn)
         return True
 
     async def debug_pool(self) -> dict[str, Any]:
@@ -250,7 +265,7 @@ class SessionManager:
             return None
         attached: asyncio.Future = asyncio.get_running_loop().create_future()
         attached.set_result(None)
-        return _Owner(record.actor.name, handle, record.actor.generation, attached, rebuilt=False)
+        return _Owner(record.actor.name, handle, record.actor.generation, attached, rebuilt=False, tenant=record.tenant)
 
     async def _build(self, record: SessionRecord) -> _Owner:
         """Claim a warm actor (or start one) and attach it to the session under a new generation. The record
@@ -268,7 +283,7 @@ class SessionManager:
             r.last_used_at = utcnow()
             return r
         try:
-            await asyncio.to_thread(self.records.mutate, record.session_id, fn)
+            await asyncio.to_thread(self.records(record.tenant).mutate, record.session_id, fn)
         except Exception:
             self._release(name, handle)
             raise
@@ -296,8 +311,8 @@ class SessionManager:
         else:
             ray.kill(handle)
 
-    def _get_live(self, session_id: str) -> SessionRecord:
-        record = self.records.get(session_id)
+    def _get_live(self, session_id: str, tenant: str | None) -> SessionRecord:
+        record = self.records(tenant).get(session_id)
         if record.state == "deleted":
             raise NotFound(f"no session {session_id}", "session_not_found")
         return record
@@ -351,20 +366,21 @@ class SessionManager:
         """Park sessions idle past idle_ttl_s; delete parked ones unused past retention_s."""
         now = utcnow()
         parked, deleted = [], []
-        for sid in list(self.owners):
-            record = await asyncio.to_thread(self.records.get, sid)
+        for sid, owner in list(self.owners.items()):
+            record = await asyncio.to_thread(self.records(owner.tenant).get, sid)
             if now - record.last_used_at > timedelta(seconds=self.video.idle_ttl_s):
                 if await self.park(sid):
                     parked.append(sid)
-        cursor = None
-        while True:
-            records, cursor = await asyncio.to_thread(self.records.list, "parked", 200, cursor)
-            for r in records:
-                if now - r.last_used_at > timedelta(seconds=self.video.retention_s):
-                    await asyncio.to_thread(self.records.delete_all, r.session_id)
-                    deleted.append(r.session_id)
-            if cursor is None:
-                break
+        for tenant in known_tenants(self.cfg):
+            cursor = None
+            while True:
+                records, cursor = await asyncio.to_thread(self.records(tenant).list, "parked", 200, cursor)
+                for r in records:
+                    if now - r.last_used_at > timedelta(seconds=self.video.retention_s):
+                        await asyncio.to_thread(self.records(tenant).delete_all, r.session_id)
+                        deleted.append(r.session_id)
+                if cursor is None:
+                    break
         return {"parked": parked, "deleted": deleted}
 
     def __del__(self) -> None:

@@ -15,7 +15,7 @@ due, never more than `max_concurrent_jobs` at once on this worker.
 
 Crash isolation (service.py says how attempts are charged): a job whose lease expired runs ALONE: its run
 takes every slot of this worker, so no other job shares the process it might kill. Runs share slots
-otherwise (a job dispatched by the ingress, a queued job picked up by recovery). `_Slots` lets a run that
+otherwise (a job dispatched by the ingress, a queued job picked up by recovery). `JobSlots` lets a run that
 waits to go alone hold back new runs, so it cannot starve, and recovery starts a job that must run alone on
 an idle worker at once; a busy worker takes one only if it was still due at its previous pass (no idle
 worker took it), then lets its current runs finish first. With `max_concurrent_jobs == 1` every claim runs
@@ -56,7 +56,7 @@ class _Lease:
     progress: JobProgress | None = None  # the kind's latest report, written with the next heartbeat
 
 
-class _Slots:
+class JobSlots:
     """Up to `size` runs at once, or one run alone. A run waiting to go alone holds back new shared runs."""
 
     def __init__(self, size: int):
@@ -98,12 +98,15 @@ class _Slots:
 
 
 class JobRunner:
-    def __init__(self, service: JobService, kinds: JobKindRegistry, owner_id: str, cfg: JobsConfig):
+    def __init__(self, service: JobService, kinds: JobKindRegistry, owner_id: str, cfg: JobsConfig,
+                 slots: JobSlots | None = None):
+        """`service`: one tenant's jobs. `slots`: shared by the runners of every tenant on this worker, so the
+        worker runs at most `max_concurrent_jobs` jobs in all (default: its own)."""
         self.service = service
         self.kinds = kinds
         self.owner_id = owner_id
         self.cfg = cfg
-        self._slots = _Slots(cfg.max_concurrent_jobs)
+        self._slots = slots or JobSlots(cfg.max_concurrent_jobs)
         self._active: set[str] = set()  # job ids this worker is running or about to run
         self._alone_due_before: set[str] = set()  # jobs due to run alone at the previous recovery pass
         self._tasks: set[asyncio.Task] = set()

@@ -73,9 +73,10 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class ImageLibrary:
-    def __init__(self, store: ArtifactStore, storage: StorageConfig, limits: LimitsConfig):
+    def __init__(self, store: ArtifactStore, storage: StorageConfig, limits: LimitsConfig, tenant: str | None = None):
+        """`tenant`: whose images these are (default storage.default_tenant)."""
         self.store = store
-        self.tenant = storage.default_tenant
+        self.tenant = keys.validate_tenant(tenant or storage.default_tenant)
         self.allowed_buckets = frozenset(storage.allowed_url_buckets)
         self.limits = limits
 

@@ -13,6 +13,8 @@ registered in `job_kinds`.
 
 from __future__ import annotations
 
+import asyncio
+
 from serve_app.config import JobsConfig
 from serve_app.jobs.kinds import JobContext, JobKindRegistry, JobOutput, parse_job_input
 from serve_app.pipelines.concept import ConceptPipeline, validate_options
@@ -39,10 +41,12 @@ class ConceptImageJob:
         return JobOutput(response.model_dump_json(exclude_none=True, by_alias=True).encode(), overlay_png)
 
 
-def job_kinds(pipeline: ConceptPipeline, exports: VideoExports, jobs: JobsConfig) -> JobKindRegistry:
-    """Every kind this app knows; the ingress validates submissions with it, JobWorker executes them."""
+def job_kinds(pipeline: ConceptPipeline, exports: VideoExports, jobs: JobsConfig,
+              video_slots: asyncio.Semaphore) -> JobKindRegistry:
+    """Every kind this app knows, for one tenant; the ingress validates submissions with it, JobWorker executes
+    them. `video_slots`: the worker's pcs_video runs at once, shared by the registries of all tenants."""
     registry = JobKindRegistry()
     registry.register(ConceptImageJob(pipeline))
     registry.register(VideoExportJob(exports))
-    registry.register(PcsVideoJob(exports, jobs))
+    registry.register(PcsVideoJob(exports, jobs, video_slots))
     return registry

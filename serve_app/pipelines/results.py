@@ -24,9 +24,9 @@ def expiry_iso(expires_s: int) -> str:
 
 
 class ResultPublisher:
-    def __init__(self, store: ArtifactStore, storage: StorageConfig):
+    def __init__(self, store: ArtifactStore, storage: StorageConfig, tenant: str | None = None):
         self.store = store
-        self.tenant = storage.default_tenant
+        self.tenant = tenant or storage.default_tenant
         self.expiry_s = storage.presign_expiry_s
 
     def presign(self, key: str) -> str:

@@ -324,7 +324,8 @@ class VideoSessions:
     # ------------------------------------------------------------------ internals
     async def _manager(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.wait_for(getattr(self.manager, method).remote(*args, **kwargs), self.timeout_s)
+            return await asyncio.wait_for(getattr(self.manager, method).remote(*args, tenant=self.tenant, **kwargs),
+                                          self.timeout_s)
         except Exception as exc:
             err = translate_handle_error(exc)
             if err is None or err is exc:

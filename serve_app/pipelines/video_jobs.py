@@ -105,13 +105,14 @@ class PcsVideoJob:
 
     name = "pcs_video"
 
-    def __init__(self, exports: VideoExports, cfg: JobsConfig):
+    def __init__(self, exports: VideoExports, cfg: JobsConfig, slots: asyncio.Semaphore):
+        """`slots`: this worker's pcs_video runs at once (jobs.max_concurrent_video_jobs), shared by all tenants."""
         self.exports = exports
         self.sessions = exports.sessions
         self.store = exports.store
         self.tenant = exports.tenant
         self.chunk_frames = cfg.video_chunk_frames
-        self._slots = asyncio.Semaphore(cfg.max_concurrent_video_jobs)
+        self._slots = slots
         self.hold_after_chunks: int | None = None  # debug interface (tests): stop before chunk n+1 of an attempt
 
     def validate(self, input: dict) -> None:

@@ -255,7 +255,7 @@ def http_app(cfg: AppConfig, store: ArtifactStore) -> TestClient:
 
     services = Services.create(cfg, None, None)
     jobs = JobService(store, cfg.jobs, services.jobs.kinds, cfg.storage.default_tenant)
-    services = dataclasses.replace(services, store=store, jobs=jobs)
+    services = dataclasses.replace(services, shared=dataclasses.replace(services.shared, store=store), jobs=jobs)
     app = create_app()
     app.state.ctx = IngressContext(services=services, click=None, job_worker=None)
     return TestClient(app, raise_server_exceptions=False)

@@ -56,7 +56,7 @@ def job_view(record: JobRecord, results: ResultPublisher | None = None) -> JobVi
 async def _dispatch(ctx: IngressContext, job_id: str) -> None:
     """Best effort: a job that is not dispatched now is run by recovery later."""
     try:
-        await ModelClient(ctx.job_worker, _DISPATCH_TIMEOUT_S).call("start_job", job_id)
+        await ModelClient(ctx.job_worker, _DISPATCH_TIMEOUT_S).call("start_job", job_id, ctx.tenant)
     except Exception as exc:  # the job is stored: a failed hand-off must not fail the submit
         log.warning("job %s not dispatched (%r); recovery will run it", job_id, exc)
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from serve_app.errors import InvalidInput, PayloadTooLarge, Sam3Error, format_validation_errors
 from serve_app.ingress.body import content_kind, loads_json, parse_model, read_json_model
-from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.context import IngressContext, context_of, get_context
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import inline_schema, json_request_body
 from serve_app.pipelines.video import ndjson, session_view
@@ -228,7 +228,7 @@ async def session_socket(sid: str, ws: WebSocket) -> None:
     Messages out: the NDJSON messages of `propagate` (with `event`: propagation_frame | propagation_done |
     propagation_cancelled, as the SAM 3 demo names them) and {"type": "error", "error": {...}} for a bad
     action (the connection stays open)."""
-    ctx: IngressContext = ws.app.state.ctx
+    ctx = context_of(ws)
     await ws.accept()
     pump: asyncio.Task | None = None
     request_id = ws.headers.get("x-request-id", "ws")
