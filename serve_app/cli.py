@@ -13,6 +13,11 @@
   sam3-serve cluster-status [-n NAMESPACE] [--name RAYSERVICE] [--kubeconfig PATH] [--dashboard-url URL]
       Print the deployment state as JSON; exit 0 when ready, 1 otherwise.
 
+  sam3-serve hash-key [--key KEY | --generate]
+      The SHA-256 (hex) of an API key, for auth.keys[].key_sha256: the key is read from stdin (its first line;
+      surrounding whitespace is not part of it) or --key. --generate makes a new random key and prints it on a line
+      `key: ...` and its hash on `key_sha256: ...` (give the key to the client, configure only the hash).
+
 Add a subcommand: write `_cmd_x(args) -> int` and register it in `build_parser` with
 `sub.add_parser(...).set_defaults(func=_cmd_x)`.
 """
@@ -35,6 +40,38 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     )
     print(status.model_dump_json(indent=2))
     return 0 if status.state == "ready" else 1
+
+
+def hash_key(key: str) -> str:
+    """The auth.keys[].key_sha256 of `key`: SHA-256 of its UTF-8 bytes, lowercase hex (what the ingress compares)."""
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    if args.generate:
+        key = secrets.token_urlsafe(32)
+        print(f"key: {key}")
+        print(f"key_sha256: {hash_key(key)}")
+        return 0
+    if args.key is not None:
+        key = args.key
+    elif sys.stdin.isatty():  # typed by hand: not echoed
+        import getpass
+
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline()
+    key = key.strip()  # surrounding whitespace is never part of a key (the ingress strips it from headers too)
+    if not key:
+        print("sam3-serve hash-key: no key given (stdin was empty); pass one on stdin or with --key, or use "
+              "--generate", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -184,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
         "`kubectl port-forward svc/<name>-head-svc 8265` (default: only in-cluster).",
     )
     p.set_defaults(func=_cmd_cluster_status)
+
+    h = sub.add_parser(
+        "hash-key",
+        help="SHA-256 of an API key for auth.keys (or --generate a new key and its hash).",
+        description="Print the SHA-256 (64 lowercase hex digits) of an API key, the value of auth.keys[].key_sha256. "
+        "The key is read from stdin (first line) unless --key is given; --generate prints a new random key "
+        "(`key: ...`) and its hash (`key_sha256: ...`). Only the hash goes into the config or the Secret.",
+    )
+    which = h.add_mutually_exclusive_group()
+    which.add_argument("--key", help="The key (default: read from stdin; prefer stdin: arguments end up in shell "
+                       "history and process lists).")
+    which.add_argument("--generate", action="store_true",
+                       help="Make a new random key (secrets.token_urlsafe(32)) and print it with its hash.")
+    h.set_defaults(func=_cmd_hash_key)
     return parser
 
 

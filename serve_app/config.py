@@ -468,6 +468,116 @@ class VideoConfig(StrictModel):
         return self
 
 
+TENANT_PATTERN = r"^[a-z0-9-]{1,40}$"
+
+
+class ApiKeyEntry(StrictModel):
+    """One API key: its SHA-256 (never the key itself) and the tenant it acts for. Make one with
+    `sam3-serve hash-key --generate`."""
+
+    key_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key as 64 lowercase hex digits "
+        "(`sam3-serve hash-key`); the key itself is never configured or stored.")
+    tenant: str = Field(
+        pattern=TENANT_PATTERN, description="Tenant the key acts for (a-z, 0-9, '-'; 1-40 characters): its "
+        "objects live under t/{tenant}/ and only its keys see them. Several keys may share a tenant (rotation).")
+    name: str | None = Field(
+        None, max_length=100, description="A label for operators (e.g. 'ci-bot'); never used to authenticate.")
+
+
+class AuthConfig(StrictModel):
+    """Who may call the API and as which tenant (see README "Authentication and tenants"). With api_keys every
+    route but the public ones (GET /healthz, /readyz, CORS preflights, the docs when public_docs, the signed
+    /v1/blobs URLs of the file:// backend) needs `Authorization: Bearer <key>` or `X-API-Key: <key>` (WebSocket:
+    also `?api_key=`); a missing or unknown key is a 401."""
+
+    mode: Literal["none", "api_keys"] = Field(
+        "none", description="none = no authentication: every caller is storage.default_tenant (one trusted "
+        "network); api_keys = every non-public request needs a configured key and acts as its tenant.")
+    keys: list[ApiKeyEntry] = Field(
+        default_factory=list, description="API keys as {key_sha256, tenant, name?}, merged with keys_file's.")
+    keys_file: str | None = Field(
+        None, description="YAML or JSON file holding a list of {key_sha256, tenant, name?} entries, merged with "
+        "`keys` (the Helm chart mounts auth.existingSecret's keys.yaml here). Read when each ingress replica "
+        "starts (not when the app is built: a missing or malformed file fails the replica's start with one line), "
+        "then again within ~10 s of each change (a bad change is logged, the keys before stay).")
+    public_docs: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json without a key; false = they need one too.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API cross-origin (CORS), e.g. "
+        "'https://app.example.com', or '*' (then without credentials); empty = no CORS headers at all.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AuthConfig":
+        import re
+
+        check_unique_keys(self.keys, "auth.keys")
+        if self.mode == "api_keys" and not self.keys and not self.keys_file:
+            raise ValueError("auth.mode api_keys needs at least one key in auth.keys or auth.keys_file")
+        if self.keys_file is not None and not self.keys_file.startswith("/"):
+            raise ValueError(f"auth.keys_file must be an absolute path (replicas do not share a working "
+                             f"directory), got {self.keys_file!r}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"auth.cors_origins: {origin!r} is not an origin: scheme://host[:port], no path "
+                                 "or trailing slash (or '*')")
+        return self
+
+    def load_keys(self) -> list[ApiKeyEntry]:
+        """`keys` plus the entries of `keys_file`, read now, checked together (no hash twice; api_keys mode: at
+        least one key). Raises ValueError with one line naming the file and what is wrong with it."""
+        entries = list(self.keys)
+        if self.keys_file:
+            entries += read_keys_file(self.keys_file)
+        check_unique_keys(entries, f"auth.keys + auth.keys_file {self.keys_file}" if self.keys_file else "auth.keys")
+        if self.mode == "api_keys" and not entries:
+            raise ValueError(f"auth.mode api_keys but auth.keys and auth.keys_file {self.keys_file} hold no key")
+        return entries
+
+
+def read_keys_file(path: str) -> list[ApiKeyEntry]:
+    """The entries of an auth.keys_file: a YAML (or JSON) list of {key_sha256, tenant, name?}; an empty file is
+    an empty list. ValueError (one line) when it cannot be read or is not such a list."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ValueError(f"auth.keys_file {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"auth.keys_file {path}: not valid YAML/JSON{at}") from None
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ValueError(f"auth.keys_file {path}: must hold a list of {{key_sha256, tenant, name}} entries, "
+                         f"not a {type(data).__name__}")
+    try:
+        return TypeAdapter(list[ApiKeyEntry]).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"auth.keys_file {path}: entry {loc}: {first['msg']} "
+                         f"({exc.error_count()} error(s) in all)") from None
+
+
+def check_unique_keys(entries: list[ApiKeyEntry], where: str) -> None:
+    """ValueError when a key hash appears twice (for one tenant or, worse, for two)."""
+    seen: dict[str, ApiKeyEntry] = {}
+    for entry in entries:
+        other = seen.setdefault(entry.key_sha256, entry)
+        if other is entry:
+            continue
+        label = f"key_sha256 {entry.key_sha256[:12]}..."
+        if other.tenant != entry.tenant:
+            raise ValueError(f"{where}: {label} is given to two tenants ({other.tenant!r} and {entry.tenant!r}): a key "
+                             "must identify exactly one tenant")
+        raise ValueError(f"{where}: {label} appears twice (tenant {entry.tenant!r}); list each key once")
+
+
 class ObservabilityConfig(StrictModel):
     """What the service exposes about itself besides Ray Serve's metrics (port 8080)."""
 
@@ -488,12 +598,28 @@ class AppConfig(StrictModel):
     click: ClickConfig = Field(
         default_factory=ClickConfig, description="Click (points/boxes/masks) and automatic mask deployment.")
     video: VideoConfig = Field(default_factory=VideoConfig, description="Video sessions.")
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys (tenant per key), public routes and CORS.")
     observability: ObservabilityConfig = Field(
         default_factory=ObservabilityConfig, description="Debug interface and other self-inspection.")
 
+    @model_validator(mode="after")
+    def _default_tenant_is_a_tenant(self) -> "AppConfig":
+        import re
+
+        if self.auth.mode == "none" and not re.fullmatch(TENANT_PATTERN, self.storage.default_tenant):
+            raise ValueError(f"storage.default_tenant {self.storage.default_tenant!r} must match {TENANT_PATTERN} "
+                             "(the tenant of every request while auth.mode is none)")
+        return self
+
 
 def known_tenants(cfg: AppConfig) -> list[str]:
-    """Every tenant this deployment serves: storage.default_tenant and the tenants of auth.keys (sorted, once
-    each). Background work that scans storage per tenant (job recovery, the session reaper) covers these."""
-    auth = getattr(cfg, "auth", None)  # the auth section (API keys -> tenants) may be absent
-    return sorted({cfg.storage.default_tenant, *(entry.tenant for entry in (auth.keys if auth else []))})
+    """Every tenant this deployment serves: storage.default_tenant and the tenants of auth.keys + auth.keys_file
+    (sorted, once each; an unreadable keys file counts its inline keys only: the ingress refuses to start on it).
+    Background work that scans storage per tenant (job recovery, the session reaper) covers these, as read when
+    its replica starts."""
+    try:
+        entries = cfg.auth.load_keys()
+    except ValueError:
+        entries = list(cfg.auth.keys)
+    return sorted({cfg.storage.default_tenant, *(entry.tenant for entry in entries)})

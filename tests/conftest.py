@@ -171,3 +171,33 @@ def click_handle(serve_url):
     from ray import serve
 
     return serve.get_deployment_handle("ClickSegmenter", app_name="sam3")
+
+
+# -- a second app with API keys (auth.mode api_keys): tests/integration/test_auth.py, test_tenants.py ---------------
+
+ACME_KEY = "acme-key-1"  # tenant "acme" of the `auth_url` app
+GLOBEX_KEY = "globex-key-1"  # tenant "globex" of the `auth_url` app
+AUTH_APP = "sam3auth"
+AUTH_CORS_ORIGIN = "https://allowed.example"  # the `auth_url` app's only CORS origin
+
+
+@pytest.fixture(scope="session")
+def auth_url(serve_url, tiny_model_dir, tiny_video_model_dir, seaweedfs) -> str:
+    """Base URL of a second sam3 app ("sam3auth" at /auth on the session's Serve) that requires API keys:
+    ACME_KEY -> tenant acme, GLOBEX_KEY -> tenant globex; CORS for AUTH_CORS_ORIGIN only; its own fresh prefix on
+    the session's SeaweedFS; no warm video actor. Deleted at the end of the session."""
+    import hashlib
+
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.fixtures import s3
+
+    keys = [{"key_sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant, "name": f"{tenant}-tests"}
+            for key, tenant in ((ACME_KEY, "acme"), (GLOBEX_KEY, "globex"))]
+    args = serve_args(tiny_model_dir, storage=s3.s3_storage_config(seaweedfs).model_dump(),
+                      video={"model_id": tiny_video_model_dir, "warm_pool": 0},
+                      auth={"mode": "api_keys", "keys": keys, "cors_origins": [AUTH_CORS_ORIGIN]})
+    serve.run(build_app(args), name=AUTH_APP, route_prefix="/auth")
+    yield f"{serve_url}/auth"
+    serve.delete(AUTH_APP)

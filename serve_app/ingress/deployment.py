@@ -19,7 +19,8 @@ class Sam3Ingress:
         self.ctx = IngressContext.create(config, concept, click, job_worker, sessions)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        """Serve calls this after __init__ in each replica: the app's routes reach the context via app.state."""
-        app = create_app()
+        """Serve calls this after __init__ in each replica: the app's routes reach the context via app.state; the
+        config sets authentication and CORS (a bad auth.keys_file fails the replica's start here)."""
+        app = create_app(self.ctx.config)
         app.state.ctx = self.ctx
         return app

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 from serve_app.errors import Sam3Error, format_validation_errors
 
@@ -32,6 +33,17 @@ DEFAULT_RETRY_AFTER_S = 2  # only when the app has no config (never behind Serve
 
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "unknown"
+
+
+def connection_request_id(conn: HTTPConnection) -> str:
+    """The request id of a request or a WebSocket, for code that runs outside request_id_middleware's reach (pure
+    ASGI middleware, WebSocket handshakes): the id the middleware put on the request, else the x-request-id the
+    client (or the Serve proxy) sent, first 128 characters, else a new one."""
+    rid = getattr(conn.state, "request_id", None)
+    if rid:
+        return str(rid)
+    incoming = conn.headers.get(REQUEST_ID_HEADER)
+    return incoming[:128] if incoming else uuid.uuid4().hex
 
 
 def error_response(request_id: str, status: int, code: str, message: str,

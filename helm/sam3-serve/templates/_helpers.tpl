@@ -89,12 +89,27 @@ app.kubernetes.io/part-of: sam3-serve
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* Directory where the CPU worker pods mount auth.existingSecret; its keys.yaml is app.auth.keys_file. */}}
+{{- define "sam3-serve.authKeysDir" -}}
+/etc/sam3-serve/auth
+{{- end }}
+
 {{/*
-serveConfigV2: the same structure as serve_config.yaml. `args` is .Values.app verbatim, validated by
-serve_app.config.AppConfig when the app is built.
+serveConfigV2: the same structure as serve_config.yaml. `args` is .Values.app plus the `auth` block: app.auth
+(inline `keys` only) with the chart's `auth` values (mode, publicDocs, corsOrigins, and keys_file when
+existingSecret is set); validated by serve_app.config.AppConfig when the app is built.
 */}}
 {{- define "sam3-serve.serveConfig" -}}
-{{- $app := dict "name" .Values.serve.applicationName "route_prefix" .Values.serve.routePrefix "import_path" .Values.serve.importPath "args" .Values.app }}
+{{- $args := deepCopy .Values.app }}
+{{- $auth := default dict $args.auth }}
+{{- $_ := set $auth "mode" .Values.auth.mode }}
+{{- $_ := set $auth "public_docs" .Values.auth.publicDocs }}
+{{- $_ := set $auth "cors_origins" .Values.auth.corsOrigins }}
+{{- if .Values.auth.existingSecret }}
+{{- $_ := set $auth "keys_file" (printf "%s/keys.yaml" (include "sam3-serve.authKeysDir" .)) }}
+{{- end }}
+{{- $_ := set $args "auth" $auth }}
+{{- $app := dict "name" .Values.serve.applicationName "route_prefix" .Values.serve.routePrefix "import_path" .Values.serve.importPath "args" $args }}
 {{- $http := dict "host" "0.0.0.0" "port" 8000 "request_timeout_s" .Values.serve.requestTimeoutS }}
 {{- $cfg := dict "proxy_location" .Values.serve.proxyLocation "http_options" $http "applications" (list $app) }}
 {{- with .Values.serve.loggingConfig }}
@@ -142,7 +157,8 @@ serve_app.config.AppConfig when the app is built.
 {{- end }}
 
 {{/*
-Ray pod template. Call with (dict "root" $ "group" <values of the group> "component" <name> "gpus" <int>).
+Ray pod template. Call with (dict "root" $ "group" <values of the group> "component" <name> "gpus" <int>
+["ingress" true]); "ingress" marks the group that runs the ingress replicas (it gets the API keys mount).
 KubeRay treats containers[0] as the Ray container, adds the /dev/shm emptyDir, ports it lacks, probes,
 the wait-gcs-ready init container (copying this container's securityContext and mounts) and, on the head,
 the autoscaler sidecar.
@@ -228,6 +244,11 @@ spec:
         - name: hf-cache
           mountPath: /home/ray/.cache/huggingface
         {{- end }}
+        {{- if and .ingress $root.Values.auth.existingSecret }}
+        - name: api-keys
+          mountPath: {{ include "sam3-serve.authKeysDir" $root }}
+          readOnly: true
+        {{- end }}
         {{- with $root.Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -247,6 +268,17 @@ spec:
       emptyDir:
         sizeLimit: {{ $root.Values.huggingface.cache.sizeLimit }}
       {{- end }}
+    {{- end }}
+    {{- if and .ingress $root.Values.auth.existingSecret }}
+    # API key hashes (auth.existingSecret), only where the ingress runs; a directory mount, so Secret updates
+    # reach the file (the ingress re-reads it).
+    - name: api-keys
+      secret:
+        secretName: {{ $root.Values.auth.existingSecret }}
+        defaultMode: 288 # 0440: the ray user (group 100 via fsGroup) reads it
+        items:
+          - key: keys.yaml
+            path: keys.yaml
     {{- end }}
     {{- with $root.Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
@@ -273,6 +305,15 @@ spec:
 {{- if not .Values.rayService.clusterUpgradeOptions.gatewayClassName }}
 {{- fail "rayService.upgradeStrategy NewClusterWithIncrementalUpgrade needs rayService.clusterUpgradeOptions (gatewayClassName, stepSizePercent, intervalSeconds)" }}
 {{- end }}
+{{- end }}
+{{- $appAuth := default dict .Values.app.auth }}
+{{- range $key := list "mode" "keys_file" "public_docs" "cors_origins" }}
+{{- if hasKey $appAuth $key }}
+{{- fail (printf "app.auth.%s: set it with the chart's auth values (auth.mode, auth.existingSecret, auth.publicDocs, auth.corsOrigins); app.auth may only hold inline keys" $key) }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.auth.mode "api_keys") (not .Values.auth.existingSecret) (not $appAuth.keys) }}
+{{- fail "auth.mode api_keys needs auth.existingSecret (a Secret whose keys.yaml lists {key_sha256, tenant, name}) or app.auth.keys" }}
 {{- end }}
 {{- if and .Values.s3.accessKeyId (not .Values.s3.secretAccessKey) (not .Values.s3.existingSecret) }}
 {{- fail "s3.accessKeyId is set without s3.secretAccessKey" }}
