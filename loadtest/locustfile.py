@@ -21,7 +21,8 @@ Users (weights = share of the simulated population):
 Every response is checked for content (ids, masks, statuses, frame coverage), not only for a 200: a wrong body
 is a failure in Locust's stats. 429 + Retry-After (back-pressure) is counted as its own failure kind.
 
-Environment: SAM3_IMAGE_SIZE (default 640x480), SAM3_VIDEO_SIZE (default 160x120), SAM3_VIDEO_FRAMES (default
+Environment: SAM3_API_KEY (sent as `Authorization: Bearer …` when the service runs auth.mode api_keys; every
+user of a run is then that key's tenant), SAM3_IMAGE_SIZE (default 640x480), SAM3_VIDEO_SIZE (default 160x120), SAM3_VIDEO_FRAMES (default
 24), SAM3_STEP_LOAD (use StepLoad: +SAM3_STEP_USERS users every SAM3_STEP_SECONDS, up to SAM3_STEP_MAX).
 """
 
@@ -103,7 +104,19 @@ def check(response, condition: bool, what: str) -> bool:
     return True
 
 
-class ConceptUser(HttpUser):
+class ApiUser(HttpUser):
+    """Every scenario's base: sends SAM3_API_KEY (if set) with each request."""
+
+    abstract = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        key = os.environ.get("SAM3_API_KEY")
+        if key:
+            self.client.headers["Authorization"] = f"Bearer {key}"
+
+
+class ConceptUser(ApiUser):
     weight = 3
     wait_time = between(0.5, 2.0)
 
@@ -118,7 +131,7 @@ class ConceptUser(HttpUser):
                   "one result per prompt, every instance with a mask")
 
 
-class ClickUser(HttpUser):
+class ClickUser(ApiUser):
     weight = 3
     wait_time = between(0.2, 1.0)  # a person clicking
 
@@ -157,7 +170,7 @@ class ClickUser(HttpUser):
             self.click({"points": [[x, y]]}, "pvs multimask click", multimask=True)
 
 
-class JobUser(HttpUser):
+class JobUser(ApiUser):
     weight = 1
     wait_time = between(1.0, 3.0)
     poll_s = 0.25
@@ -197,7 +210,7 @@ def valid_frame(frame: dict) -> bool:
         for o in frame.get("objects", []))
 
 
-class VideoSessionUser(HttpUser):
+class VideoSessionUser(ApiUser):
     """The video-session calls VideoUser and ExportUser share (no tasks of its own)."""
 
     abstract = True
