@@ -279,6 +279,9 @@ class JobsConfig(StrictModel):
         "(also the delay before a retryable failure runs again).",
     )
     max_concurrent_jobs: int = Field(2, ge=1, description="Jobs one worker replica runs at once.")
+    idempotency_ttl_s: float = Field(
+        86400.0, gt=0, description="An Idempotency-Key is remembered this long (per tenant): a retry within it "
+        "returns the same job; after it, the key makes a new job.")
     max_concurrent_video_jobs: int = Field(
         1, ge=1, description="pcs_video jobs one worker replica runs at once (more wait, their leases held). "
         "Video jobs so use at most worker replicas x this many session actors: the rest of video.max_sessions "

@@ -182,7 +182,7 @@ class JobService:
         else:
             marker_key = keys.idempotency_key(self.tenant, idempotency_key)
             idem_hash = marker_key.rsplit("/", 1)[1]
-            job_id, is_new = self._reserve_idempotency_key(marker_key, body_sha256)
+            job_id, is_new = self._reserve_idempotency_key(marker_key, body_sha256, now or utcnow())
             if not is_new:
                 try:
                     return self._read(job_id)[0]
@@ -190,15 +190,24 @@ class JobService:
                     pass  # the first submit crashed before writing the record: finish its work
         return self._create(job_id, kind, input, body_sha256, idem_hash, now or utcnow())
 
-    def _reserve_idempotency_key(self, marker_key: str, body_sha256: str) -> tuple[str, bool]:
-        """(job id, True) if this call reserved the key, else (the id it was reserved for, False)."""
+    def _reserve_idempotency_key(self, marker_key: str, body_sha256: str, now: datetime) -> tuple[str, bool]:
+        """(job id, True) if this call reserved the key, else (the id it was reserved for, False). A marker
+        older than jobs.idempotency_ttl_s (by its storage timestamp) has expired: it is replaced, conditionally
+        on its ETag, so of two racing submits exactly one makes the new job."""
         job_id = keys.new_job_id()
         marker = canonical_json({"job_id": job_id, "body_sha256": body_sha256})
         try:
             self.store.put(marker_key, marker, _JSON, if_none_match=True)
             return job_id, True
         except PreconditionFailed:
-            existing = json.loads(self.store.get(marker_key).data)
+            blob = self.store.get(marker_key)
+        if (now - blob.info.last_modified).total_seconds() > self.cfg.idempotency_ttl_s:
+            try:
+                self.store.put(marker_key, marker, _JSON, if_match=blob.etag)
+                return job_id, True
+            except PreconditionFailed:  # another submit renewed it first: its job is the one
+                blob = self.store.get(marker_key)
+        existing = json.loads(blob.data)
         if existing["body_sha256"] != body_sha256:
             raise Conflict("this Idempotency-Key was used with a different request body", "idempotency_key_reused")
         return existing["job_id"], False

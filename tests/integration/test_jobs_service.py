@@ -276,6 +276,19 @@ def test_concurrent_replays_of_one_key_make_one_job(store):
     assert [r.job_id for r in service.list()[0]] == list(job_ids)
 
 
+def test_an_idempotency_key_expires_after_its_ttl(store):
+    service = service_for(store)  # jobs.idempotency_ttl_s: the default day
+    first = service.submit("echo", {"text": "a"}, idempotency_key="daily")
+    later = utcnow() + timedelta(seconds=service.cfg.idempotency_ttl_s - 60)
+    assert service.submit("echo", {"text": "a"}, idempotency_key="daily", now=later) == first
+    expired = utcnow() + timedelta(seconds=service.cfg.idempotency_ttl_s + 60)
+    renewed = service.submit("echo", {"text": "b"}, idempotency_key="daily", now=expired)  # any body: a new job
+    assert renewed.job_id != first.job_id
+    assert service.submit("echo", {"text": "b"}, idempotency_key="daily") == renewed  # the key now names it
+    with pytest.raises(Conflict):
+        service.submit("echo", {"text": "a"}, idempotency_key="daily")
+
+
 def test_idempotent_replay_finishes_a_submit_that_crashed_halfway(store):
     spy = SpyStore(store)
     service = service_for(spy)
