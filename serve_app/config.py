@@ -231,6 +231,12 @@ class StorageConfig(StrictModel):
         description="Buckets that s3://bucket/key image inputs may be read from (with the service's credentials); "
         "empty = none. This store's own bucket is not implied: list it to allow it.",
     )
+    tenant_url_prefixes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per tenant, the only s3:// inputs it may read, as \"bucket/key-prefix\" entries (e.g. "
+        "{\"acme\": [\"acme-data/videos/\"]}); a tenant listed here ignores allowed_url_buckets. Whatever the lists "
+        "say, this store's own bucket is readable only under the caller's own t/{tenant}/ prefix.",
+    )
     default_tenant: str = Field(
         "default", pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Tenant whose key prefix t/{tenant}/ is used until authentication assigns tenants.",

@@ -141,7 +141,8 @@ def app_storage(seaweedfs):
     """The StorageConfig of the session's sam3 app: a fresh prefix on the session's SeaweedFS."""
     from tests.fixtures import s3
 
-    return s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET, "sam3-no-such-bucket"])
+    # the app's own bucket is listed too: s3:// inputs there are still refused outside the caller's t/{tenant}/
+    return s3.s3_storage_config(seaweedfs, allowed_url_buckets=[s3.BUCKET, s3.INPUT_BUCKET, "sam3-no-such-bucket"])
 
 
 @pytest.fixture(scope="session")

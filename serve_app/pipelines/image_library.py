@@ -72,12 +72,31 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+def check_url_allowed(storage: StorageConfig, store: ArtifactStore, tenant: str, bucket: str, key: str) -> None:
+    """Raise InvalidInput url_not_allowed unless `tenant` may read s3://bucket/key: it must match one of the
+    tenant's storage.tenant_url_prefixes entries ("bucket/prefix") if it has any, else its bucket must be in
+    storage.allowed_url_buckets; and inside this store's own bucket only the caller's own `t/{tenant}/` keys
+    are readable (another tenant's objects and the service's own answer exactly like a bucket not allowed)."""
+    refused = InvalidInput(f"s3://{bucket}/... is not an allowed input location for this tenant", "url_not_allowed")
+    listed = storage.tenant_url_prefixes.get(tenant)
+    if listed is not None:
+        if not any(f"{bucket}/{key}".startswith(entry) for entry in listed):
+            raise refused
+    elif bucket not in storage.allowed_url_buckets:
+        raise refused
+    own = store.location()
+    if own is not None and bucket == own[0]:
+        root = f"{own[1]}/" if own[1] else ""
+        if not key.startswith(f"{root}{keys.tenant_prefix(tenant)}"):
+            raise refused
+
+
 class ImageLibrary:
     def __init__(self, store: ArtifactStore, storage: StorageConfig, limits: LimitsConfig, tenant: str | None = None):
         """`tenant`: whose images these are (default storage.default_tenant)."""
         self.store = store
         self.tenant = keys.validate_tenant(tenant or storage.default_tenant)
-        self.allowed_buckets = frozenset(storage.allowed_url_buckets)
+        self.storage = storage
         self.limits = limits
 
     async def decode(self, data: bytes) -> DecodedImage:
@@ -134,8 +153,7 @@ class ImageLibrary:
     async def load_url(self, url: str) -> bytes:
         """An `s3://bucket/key` object from an allowed bucket (S3 backend only)."""
         bucket, key = parse_s3_url(url)
-        if bucket not in self.allowed_buckets:
-            raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
+        check_url_allowed(self.storage, self.store, self.tenant, bucket, key)
         try:
             blob = await run_io(self.store.get_from_bucket, bucket, key, self.limits.max_image_bytes)
         except NotFound:

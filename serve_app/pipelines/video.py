@@ -30,7 +30,7 @@ from serve_app.codecs.masks import encode_mask
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidInput, NotFound, PayloadTooLarge, Sam3Error, Unavailable
 from serve_app.model.video_types import VideoFrameResult
-from serve_app.pipelines.image_library import parse_s3_url
+from serve_app.pipelines.image_library import check_url_allowed, parse_s3_url
 from serve_app.pipelines.media_library import VideoLibrary, ingest_limits
 from serve_app.pipelines.pools import run_cpu, run_io
 from serve_app.pipelines.remote import translate_handle_error
@@ -181,8 +181,7 @@ class VideoSessions:
         else:
             assert ref.url is not None
             bucket, key = parse_s3_url(ref.url)
-            if bucket not in self.cfg.storage.allowed_url_buckets:
-                raise InvalidInput(f"bucket {bucket!r} is not in storage.allowed_url_buckets", "url_not_allowed")
+            check_url_allowed(self.cfg.storage, self.store, self.tenant, bucket, key)
             try:
                 data = (await run_io(self.store.get_from_bucket, bucket, key, max_bytes)).data
             except NotFound:

@@ -222,6 +222,10 @@ class ArtifactStore(abc.ABC):
     def presign_get(self, key: str, expires_s: int) -> str:
         """A URL that GETs `key` over plain HTTP for `expires_s` seconds (the object need not exist yet)."""
 
+    def location(self) -> tuple[str, str] | None:
+        """(bucket, root prefix without slashes) of an S3 store; None for stores that are not in a bucket."""
+        return None
+
     def get_from_bucket(self, bucket: str, key: str, max_bytes: int) -> Blob:
         """An object of ANOTHER bucket (s3:// inputs), refused above `max_bytes`. Only the S3 backend reads
         foreign buckets; the others raise InvalidInput (code url_not_allowed)."""

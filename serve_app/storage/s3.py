@@ -205,6 +205,9 @@ class S3Store(ArtifactStore):
         info = BlobInfo(key, len(data), resp["ETag"], resp["LastModified"], resp.get("ContentType"))
         return Blob(data, info)
 
+    def location(self) -> tuple[str, str] | None:
+        return self.bucket, self._prefix
+
     def get_from_bucket(self, bucket: str, key: str, max_bytes: int) -> Blob:
         """An object of another bucket (an `s3://bucket/key` input), read with this store's client and
         credentials. The caller checks that `bucket` is allowed; `key` is the raw S3 key. Raises

@@ -20,7 +20,7 @@ import pytest
 import requests
 from pycocotools import mask as mask_utils
 
-from tests.fixtures.s3 import BUCKET
+from tests.fixtures.s3 import INPUT_BUCKET
 from tests.helpers import b64, png_bytes, wait_for
 from tests.videos import make_video
 
@@ -146,7 +146,7 @@ def test_websocket_answers_hostile_messages_and_stays_open(serve_url, session_id
 
 
 @pytest.mark.parametrize("url, code", [("s3://sam3-no-such-bucket/a.png", "image_not_found"),
-                                       (f"s3://{BUCKET}/no/such/key.png", "image_not_found")])
+                                       (f"s3://{INPUT_BUCKET}/no/such/key.png", "image_not_found")])
 @pytest.mark.parametrize("route", ["/v1/pcs/image", "/v1/images", "/v1/pvs/image", "/v1/auto/image"])
 def test_s3_inputs_on_a_missing_bucket_or_key_are_404(serve_url, route, url, code):
     body: dict = {"image": {"url": url}}
@@ -158,7 +158,7 @@ def test_s3_inputs_on_a_missing_bucket_or_key_are_404(serve_url, route, url, cod
     assert (r.status_code, r.json()["error"]["code"]) == (404, code), r.text
 
 
-@pytest.mark.parametrize("url", ["s3://sam3-no-such-bucket/v.mp4", f"s3://{BUCKET}/no/such/v.mp4"])
+@pytest.mark.parametrize("url", ["s3://sam3-no-such-bucket/v.mp4", f"s3://{INPUT_BUCKET}/no/such/v.mp4"])
 def test_a_video_from_a_missing_bucket_or_key_is_404(serve_url, url):
     r = requests.post(serve_url + "/v1/video/sessions", json={"video": {"url": url}}, timeout=T)
     assert (r.status_code, r.json()["error"]["code"]) == (404, "video_not_found"), r.text

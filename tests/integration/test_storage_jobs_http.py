@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from serve_app.codecs.masks import decode_rle
-from tests.fixtures.s3 import BUCKET
+from tests.fixtures.s3 import BUCKET, INPUT_BUCKET
 from tests.helpers import b64, instances, png_bytes, wait_job
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,15 +86,25 @@ def test_put_with_another_size_than_signed_is_rejected_by_storage(serve_url):
     assert (r.status_code, r.json()["error"]["code"]) == (404, "upload_not_found")
 
 
-def test_image_by_s3_url_within_allowed_buckets(serve_url, seaweedfs, inline_result):
+def test_image_by_s3_url_within_allowed_buckets(serve_url, seaweedfs, app_storage, inline_result):
     key = f"external/{uuid.uuid4().hex}.png"
-    seaweedfs.client().put_object(Bucket=BUCKET, Key=key, Body=png_bytes(seed=3), ContentType="image/png")
-    r = pcs(serve_url, {"url": f"s3://{BUCKET}/{key}"})
+    seaweedfs.client().put_object(Bucket=INPUT_BUCKET, Key=key, Body=png_bytes(seed=3), ContentType="image/png")
+    r = pcs(serve_url, {"url": f"s3://{INPUT_BUCKET}/{key}"})
     assert r.status_code == 200, r.text
     assert instances(r.json()) == instances(inline_result)
-    seaweedfs.client().put_object(Bucket=BUCKET, Key="external/huge.png", Body=b"0" * 250_000)  # limit: 200 kB
-    for url, status, code in [(f"s3://{BUCKET}/external/missing.png", 404, "image_not_found"),
-                              (f"s3://{BUCKET}/external/huge.png", 413, "image_too_large"),
+    seaweedfs.client().put_object(Bucket=INPUT_BUCKET, Key="external/huge.png", Body=b"0" * 250_000)  # limit: 200 kB
+    # the app's own bucket (listed in allowed_url_buckets) is readable only under the caller's own t/{tenant}/
+    seaweedfs.client().put_object(Bucket=BUCKET, Key=key, Body=png_bytes(seed=3), ContentType="image/png")
+    root = app_storage.uri.removeprefix(f"s3://{BUCKET}/")
+    stored = requests.post(serve_url + "/v1/images", params={"precompute": "false"}, timeout=60,
+                           files={"file": ("a.png", png_bytes(seed=3), "image/png")}).json()
+    own_image = f"s3://{BUCKET}/{root}/t/default/images/{stored['image_id']}"
+    assert pcs(serve_url, {"url": own_image}).status_code == 200
+    for url, status, code in [(f"s3://{INPUT_BUCKET}/external/missing.png", 404, "image_not_found"),
+                              (f"s3://{INPUT_BUCKET}/external/huge.png", 413, "image_too_large"),
+                              (f"s3://{BUCKET}/{key}", 400, "url_not_allowed"),
+                              (f"s3://{BUCKET}/{root}/t/other-tenant/images/{stored['image_id']}", 400,
+                               "url_not_allowed"),
                               ("s3://sam3-no-such-bucket/a.png", 404, "image_not_found"),
                               ("s3://some-other-bucket/a.png", 400, "url_not_allowed"),
                               ("https://example.com/a.png", 400, "unsupported_url")]:

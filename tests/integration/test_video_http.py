@@ -134,8 +134,8 @@ def test_create_from_s3_url_and_a_rotated_vfr_webm(client, seaweedfs, tmp_path):
     path = tmp_path / "rotated.webm"
     pts = [0, 100, 150, 400, 500, 650, 900, 1000]  # ms: irregular gaps (VFR), 1 s long
     make_video(str(path), n=len(pts), h=H, w=W, codec="libvpx-vp9", rotation=90, pts=pts)
-    seaweedfs.client().put_object(Bucket=s3.BUCKET, Key="inputs/rotated.webm", Body=path.read_bytes())
-    r = client.post("/v1/video/sessions", json={"video": {"url": f"s3://{s3.BUCKET}/inputs/rotated.webm"},
+    seaweedfs.client().put_object(Bucket=s3.INPUT_BUCKET, Key="inputs/rotated.webm", Body=path.read_bytes())
+    r = client.post("/v1/video/sessions", json={"video": {"url": f"s3://{s3.INPUT_BUCKET}/inputs/rotated.webm"},
                                                 "fps": 10})
     assert r.status_code == 201, r.text
     s = r.json()

@@ -546,3 +546,42 @@ def test_sam3_errors_keep_their_codes_across_pickling():
     for err in (Conflict("archived", "url_object_unreadable"), UnsupportedMediaType("F", "unsupported_image_mode")):
         back = pickle.loads(pickle.dumps(err))
         assert isinstance(back, Sam3Error) and (back.code, back.status_code) == (err.code, err.status_code)
+
+
+# -- which s3:// locations a tenant may read ----------------------------------------------------------------
+
+
+class _Located:
+    """A store that says where it lives (as S3Store.location does), for check_url_allowed."""
+
+    def __init__(self, bucket: str, prefix: str):
+        self._where = (bucket, prefix)
+
+    def location(self) -> tuple[str, str]:
+        return self._where
+
+
+@pytest.mark.parametrize("tenant, url, allowed", [
+    ("acme", "s3://inputs/a.png", True),  # storage.allowed_url_buckets
+    ("acme", "s3://elsewhere/a.png", False),
+    ("acme", "s3://own/svc/t/acme/images/x", True),  # the caller's own objects in the service's bucket
+    ("acme", "s3://own/svc/t/globex/images/x", False),  # another tenant's, although the bucket is listed
+    ("acme", "s3://own/svc/jobs/x", False),  # the service's own, outside every tenant
+    ("acme", "s3://own/other-app/t/acme/x", False),  # same bucket, outside this service's root
+    ("globex", "s3://team-g/videos/v.mp4", True),  # globex has its own list: bucket + prefix
+    ("globex", "s3://team-g/private/v.mp4", False),
+    ("globex", "s3://inputs/a.png", False),  # a tenant with a list ignores allowed_url_buckets
+])
+def test_which_s3_inputs_a_tenant_may_read(tenant, url, allowed):
+    from serve_app.pipelines.image_library import check_url_allowed, parse_s3_url
+
+    storage = StorageConfig(uri="s3://own/svc", allowed_url_buckets=["inputs", "own"],
+                            tenant_url_prefixes={"globex": ["team-g/videos/"]})
+    bucket, key = parse_s3_url(url)
+    store = _Located("own", "svc")
+    if allowed:
+        check_url_allowed(storage, store, tenant, bucket, key)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(InvalidInput) as info:
+            check_url_allowed(storage, store, tenant, bucket, key)  # type: ignore[arg-type]
+        assert info.value.code == "url_not_allowed"
