@@ -30,7 +30,7 @@ import ray
 from ray import serve
 
 from serve_app.config import AppConfig, known_tenants
-from serve_app.errors import Conflict, NotFound, Overloaded, StartupFailure, startup_lines
+from serve_app.errors import Conflict, NotFound, Overloaded, StartupFailure, Unavailable, startup_lines
 from serve_app.sessions.actor import AttachInfo, SessionActor
 from serve_app.sessions.records import (
     ActorRef,
@@ -359,6 +359,8 @@ class SessionManager:
             await asyncio.sleep(self.video.reaper_interval_s)
             try:
                 await self.reap()
+            except Unavailable as exc:  # storage down: one line per pass, not a traceback; the next pass retries
+                log.warning("session reaper skipped: %s", exc.message)
             except Exception:
                 log.exception("session reaper failed")
 
