@@ -169,6 +169,8 @@ PCS, PVS, AUTO, IMAGES, JOBS = "/v1/pcs/image", "/v1/pvs/image", "/v1/auto/image
 VIDEO = "/v1/video/sessions"
 VIDEO_PROMPTS = "/v1/video/sessions/no-such-session/prompts"
 VIDEO_PROPAGATE = "/v1/video/sessions/no-such-session/propagate"
+EXPORTS = "/v1/video/sessions/no-such-session/exports"  # the body is checked before the session
+LIBRARY = "/v1/videos"
 S3_BUCKET = "sam3-test"  # tests/fixtures/s3.py BUCKET, allowed by tests/conftest.py app_storage
 DEEP = "[" * 100_000  # Python's json recursion limit is ~1000
 DEEP_5000 = "[" * 5000  # for the routes whose body limit is 64 KiB
@@ -298,4 +300,18 @@ BAD_INPUTS = [
     Bad("images_s3_key_dot", 400, "invalid_url_key", json={"image": _s3("./a.png")}, path=IMAGES),
     Bad("video_s3_key_too_long", 400, "url_key_too_long", json={"video": _s3("v" * 1100)}, path=VIDEO),
     Bad("video_s3_key_newline", 400, "invalid_url_key", json={"video": _s3("videos/a\nb.mp4")}, path=VIDEO),
+    # -- exports, the video library and pcs_video jobs ------------------------------------------------------------
+    Bad("export_unknown_format", 400, "unknown_export_format", json={"formats": ["coco_instance", "gif"]},
+        path=EXPORTS),
+    Bad("export_groups_without_group_mode", 400, "invalid_merge_groups",
+        json={"formats": ["coco_instance"], "merge": {"groups": [{"name": "g", "obj_ids": [1]}]}}, path=EXPORTS),
+    Bad("export_class_name_control_char", 400, "invalid_text",
+        json={"formats": ["coco_instance"], "object_meta": [{"obj_id": 1, "class_name": "car\x07"}]}, path=EXPORTS),
+    Bad("export_deep_json", 400, "json_too_deep", json=DEEP_5000, path=EXPORTS),
+    Bad("library_s3_key_too_long", 400, "url_key_too_long", json={"url": _s3("v" * 1100)["url"]}, path=LIBRARY),
+    Bad("library_two_sources", 422, "validation_error", json={"upload_id": "u1", "video_id": "0" * 64},
+        path=LIBRARY),
+    Bad("pcs_video_job_control_char_prompt", 422, "invalid_job_input",
+        json={"kind": "pcs_video", "input": {"video": {"video_id": "0" * 64}, "prompts": ["car\x1f"],
+                                             "export": {"formats": ["coco_instance"]}}}, path=JOBS),
 ]
