@@ -84,10 +84,7 @@ class Services:
         if tenant == self.tenant:
             return self
         with self.shared.lock:
-            view = self.shared.views.get(tenant)
-            if view is None:
-                view = self.shared.views[tenant] = Services._build(self.shared, keys.validate_tenant(tenant))
-            return view
+            return self.shared.views.get(tenant) or Services._build(self.shared, keys.validate_tenant(tenant))
 
     @classmethod
     def _build(cls, shared: _Shared, tenant: str) -> Services:
@@ -100,5 +97,4 @@ class Services:
         jobs = JobService(store, cfg.jobs, kinds, tenant=tenant)
         view = cls(tenant=tenant, images=images, concept=concept, results=ResultPublisher(store, cfg.storage, tenant),
                    jobs=jobs, video=video, exports=exports, shared=shared)
-        shared.views.setdefault(tenant, view)
-        return view
+        return shared.views.setdefault(tenant, view)  # every view, the default tenant's included, once
