@@ -595,6 +595,14 @@ class ObservabilityConfig(StrictModel):
         "resize, counter reset) for tests and benchmarks. Never needed in production; off = they answer 403.")
 
 
+class WebConfig(StrictModel):
+    """The web playground (serve_app/web/): static pages served by the ingress at /ui/ (and / redirects there)."""
+
+    enabled: bool = Field(
+        True, description="Serve the web playground at /ui/ (public static files; the page itself calls the API "
+        "with the key typed into it). false = /ui/ and / answer 404.")
+
+
 class AppConfig(StrictModel):
     """Root of `applications[].args` in serve_config.yaml (and of the Helm chart's `app` values)."""
 
@@ -611,6 +619,7 @@ class AppConfig(StrictModel):
         default_factory=AuthConfig, description="API keys (tenant per key), public routes and CORS.")
     observability: ObservabilityConfig = Field(
         default_factory=ObservabilityConfig, description="Debug interface and other self-inspection.")
+    web: WebConfig = Field(default_factory=WebConfig, description="The web playground.")
 
     @model_validator(mode="after")
     def _default_tenant_is_a_tenant(self) -> "AppConfig":

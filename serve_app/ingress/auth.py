@@ -6,7 +6,8 @@ before any route does, streaming responses included, and sets the connection's t
 
 - mode none: every connection passes as `storage.default_tenant`.
 - mode api_keys: the public routes pass as `storage.default_tenant`: GET/HEAD /healthz and /readyz, CORS
-  preflights (OPTIONS with Origin and Access-Control-Request-Method), GET/HEAD /docs, /docs/oauth2-redirect,
+  preflights (OPTIONS with Origin and Access-Control-Request-Method), GET/HEAD / and /ui/... (the web
+  playground's static files: the page sends the key typed into it with its API calls), GET/HEAD /docs, /docs/oauth2-redirect,
   /redoc and /openapi.json while `auth.public_docs`, and /v1/blobs/... (the file:// backend's presigned URLs:
   their signature is their authorisation). Everything else needs `Authorization: Bearer <key>` or
   `X-API-Key: <key>`; a WebSocket may also send `?api_key=<key>` (browsers cannot set headers on one), which is
@@ -50,6 +51,8 @@ API_KEY_HEADER = "X-API-Key"
 WS_QUERY_PARAM = "api_key"
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 BLOBS_PREFIX = "/v1/blobs/"
+WEB_PATHS = frozenset({"/", "/ui"})
+WEB_PREFIX = "/ui/"
 _READ = frozenset({"GET", "HEAD"})
 _BLOB_METHODS = frozenset({"GET", "HEAD", "PUT"})
 KEYS_FILE_CHECK_S = 10.0  # how often (at most) a replica looks whether auth.keys_file changed
@@ -176,7 +179,8 @@ def is_public(scope: Scope, policy: AuthPolicy, docs_paths: frozenset[str]) -> b
         return _is_preflight(scope)
     if path.startswith(BLOBS_PREFIX):
         return method in _BLOB_METHODS
-    if path in HEALTH_PATHS or (policy.public_docs and path in docs_paths):
+    if path in HEALTH_PATHS or path in WEB_PATHS or path.startswith(WEB_PREFIX) or (
+            policy.public_docs and path in docs_paths):
         return method in _READ
     return False
 

@@ -24,6 +24,7 @@ from serve_app.ingress.routers import (
     uploads,
     video,
     videos,
+    web,
 )
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -70,6 +71,8 @@ def create_app(config: AppConfig | None = None) -> FastAPI:
     app.include_router(video.router)
     app.include_router(exports.router)
     app.include_router(videos.router)
+    if config is None or config.web.enabled:
+        app.include_router(web.router)
     return app
 
 

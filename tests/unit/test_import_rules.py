@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "devtools": {"config", "errors"},
     "app": {"config", "deployments", "ingress"},
     "cli": {"config", "cluster", "devtools"},
+    "web": set(),  # static files only (HTML, CSS, ES modules); its __init__.py makes it package data
 }
 
 
