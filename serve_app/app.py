@@ -17,6 +17,8 @@ from serve_app.config import AppConfig, ClickConfig, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
+QUOTA_KEEPER_CPUS = 0.1  # a dict lookup per request: it needs no core of its own
+
 
 def cluster_gpus() -> float:
     """GPUs of the Ray cluster this app is being built for, right now (0 without Ray)."""
@@ -88,6 +90,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from serve_app.deployments.click import ClickSegmenter
     from serve_app.deployments.concept import ConceptSegmenter
     from serve_app.deployments.job_worker import JobWorker
+    from serve_app.deployments.quota_keeper import QuotaKeeper
     from serve_app.deployments.session_manager import SessionManager
     from serve_app.ingress.deployment import Sam3Ingress
 
@@ -110,5 +113,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     sessions = as_deployment(SessionManager).options(**deployment_options(cfg.video.manager, gpu=False)).bind(cfg)
     job_worker = as_deployment(JobWorker).options(**deployment_options(cfg.jobs.worker, gpu=False)).bind(
         cfg, concept, sessions)
+    # one replica: the single ledger every ingress replica asks (pipelines/quotas.py); only when a limit is set
+    quotas = as_deployment(QuotaKeeper).options(
+        num_replicas=1, ray_actor_options={"num_cpus": QUOTA_KEEPER_CPUS}, max_ongoing_requests=1000,
+    ).bind(cfg) if cfg.auth.any_quota else None
     log.info("building sam3 app: model=%s storage=%s", cfg.model.model_id, cfg.storage.uri)
-    return ingress.bind(cfg, concept, click, job_worker, sessions)
+    return ingress.bind(cfg, concept, click, job_worker, sessions, quotas)

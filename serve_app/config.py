@@ -494,6 +494,45 @@ class ApiKeyEntry(StrictModel):
         None, max_length=100, description="A label for operators (e.g. 'ci-bot'); never used to authenticate.")
 
 
+class QuotaConfig(StrictModel):
+    """One tenant's fair share (README "Quotas"). Every limit is optional: unset (null) = unlimited. Enforced
+    for every ingress replica together by the QuotaKeeper deployment (requests, model work, upload bytes) and
+    by the jobs' active markers in storage (concurrent jobs). Exceeding one: 429 with `rate_limited` or
+    `quota_exceeded`, the limit's name and a Retry-After."""
+
+    requests_per_s: float | None = Field(
+        None, gt=0, description="Token bucket refill rate: sustained API requests per second (public routes and "
+        "CORS preflights not counted). Over it: 429 rate_limited, Retry-After = when the next token is due.")
+    burst: int | None = Field(
+        None, ge=1, description="Token bucket size: requests allowed at once after a quiet spell (default: "
+        "max(1, ceil(requests_per_s)).")
+    max_inflight_model_requests: int | None = Field(
+        None, ge=1, description="Concurrent model work: POST /v1/pcs/image, /v1/pvs/image, /v1/auto/image and a "
+        "video session's prompts/propagate in progress at once (over it: 429 quota_exceeded, Retry-After 1).")
+    upload_bytes_per_day: int | None = Field(
+        None, ge=1, description="Bytes a tenant may send per UTC day: request bodies plus the declared size of "
+        "presigned uploads (POST /v1/uploads). Over it: 429 quota_exceeded, Retry-After = until UTC midnight.")
+    max_concurrent_jobs: int | None = Field(
+        None, ge=1, description="Jobs queued or running at once (all kinds; an Idempotency-Key replay of an "
+        "existing job is never refused). Over it: 429 quota_exceeded, Retry-After 5.")
+
+    @property
+    def limited(self) -> bool:
+        """True when any limit is set."""
+        return any(value is not None for value in self.model_dump().values())
+
+    @property
+    def bucket_size(self) -> float:
+        import math
+
+        assert self.requests_per_s is not None
+        return float(self.burst if self.burst is not None else max(1, math.ceil(self.requests_per_s)))
+
+    def merged(self, override: "QuotaConfig") -> "QuotaConfig":
+        """These limits with the ones `override` sets explicitly replacing them."""
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
+
+
 class AuthConfig(StrictModel):
     """Who may call the API and as which tenant (see README "Authentication and tenants"). With api_keys every
     route but the public ones (GET /healthz, /readyz, CORS preflights, the docs when public_docs, the signed
@@ -515,6 +554,23 @@ class AuthConfig(StrictModel):
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed to call the API cross-origin (CORS), e.g. "
         "'https://app.example.com', or '*' (then without credentials); empty = no CORS headers at all.")
+    quotas: QuotaConfig = Field(
+        default_factory=QuotaConfig, description="Every tenant's limits (storage.default_tenant's too): "
+        "requests_per_s, burst, max_inflight_model_requests, upload_bytes_per_day, max_concurrent_jobs; "
+        "unset = unlimited.")
+    tenant_quotas: dict[str, QuotaConfig] = Field(
+        default_factory=dict, description="Per-tenant overrides of `quotas`: {tenant: {limit: value}}; a limit "
+        "set here replaces the default one for that tenant (null = unlimited for it).")
+
+    def quota_of(self, tenant: str) -> QuotaConfig:
+        """`tenant`'s effective limits: `quotas` with its `tenant_quotas` entry applied."""
+        override = self.tenant_quotas.get(tenant)
+        return self.quotas if override is None else self.quotas.merged(override)
+
+    @property
+    def any_quota(self) -> bool:
+        """True when some tenant has a limit (the app then runs the QuotaKeeper)."""
+        return self.quotas.limited or any(q.limited for q in self.tenant_quotas.values())
 
     @model_validator(mode="after")
     def _consistent(self) -> "AuthConfig":
@@ -526,6 +582,9 @@ class AuthConfig(StrictModel):
         if self.keys_file is not None and not self.keys_file.startswith("/"):
             raise ValueError(f"auth.keys_file must be an absolute path (replicas do not share a working "
                              f"directory), got {self.keys_file!r}")
+        for tenant in self.tenant_quotas:
+            if not re.fullmatch(TENANT_PATTERN, tenant):
+                raise ValueError(f"auth.tenant_quotas: {tenant!r} is not a tenant id ({TENANT_PATTERN})")
         for origin in self.cors_origins:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
                 raise ValueError(f"auth.cors_origins: {origin!r} is not an origin: scheme://host[:port], no path "

@@ -102,6 +102,27 @@ class Overloaded(Sam3Error):
     code = "overloaded"
 
 
+class QuotaRefused(Sam3Error):
+    """The tenant is over one of its limits (config QuotaConfig): `limit` names it (e.g. "requests_per_s"),
+    `retry_after_s` says when it frees up (or, for concurrency limits, a short hint). Other tenants are not
+    affected."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, code: str | None = None, *, retry_after_s: int | None = None,
+                 limit: str = ""):
+        super().__init__(message, code, retry_after_s=retry_after_s)
+        self.limit = limit
+
+    def __reduce__(self):
+        return (_rebuild_quota, (type(self), self.message, self.code, self.retry_after_s, self.limit))
+
+
+def _rebuild_quota(cls, message, code, retry_after_s, limit):
+    return cls(message, code, retry_after_s=retry_after_s, limit=limit)
+
+
 class Unavailable(Sam3Error):
     """A dependency (model replicas, storage) is down or warming up; retry after `retry_after_s`."""
 

@@ -243,6 +243,9 @@ class ErrorDetail(WireModel):
     code: str
     message: str
     request_id: str
+    limit: str | None = Field(
+        None, description="429 rate_limited / quota_exceeded only: the tenant limit that was hit "
+        "(requests_per_s, max_inflight_model_requests, upload_bytes_per_day, max_concurrent_jobs).")
 
 
 class ErrorBody(WireModel):
@@ -681,3 +684,32 @@ class VideoExportJobInput(VideoExportRequest):
     """Input of the `video_export` job (what POST /v1/video/sessions/{sid}/exports submits)."""
 
     session_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# ------------------------------------------------------------------------------------------------------
+# GET /v1/quotas: the caller's own limits and what it uses of them.
+
+
+class QuotaLimits(WireModel):
+    """A tenant's limits (config auth.quotas + auth.tenant_quotas); null = unlimited."""
+
+    requests_per_s: float | None = None
+    burst: int | None = None
+    max_inflight_model_requests: int | None = None
+    upload_bytes_per_day: int | None = None
+    max_concurrent_jobs: int | None = None
+
+
+class QuotaUsage(WireModel):
+    """What the tenant uses now (null where the limit is unset or the quota keeper did not answer)."""
+
+    rate_tokens: float | None = Field(None, description="Requests the tenant may send at once right now.")
+    inflight_model_requests: int | None = None
+    upload_bytes_today: int | None = Field(None, description="Bytes charged this UTC day.")
+    active_jobs: int | None = Field(None, description="Jobs queued or running (counted up to the limit + 1).")
+
+
+class QuotaView(WireModel):
+    tenant: str
+    limits: QuotaLimits
+    usage: QuotaUsage

@@ -179,13 +179,18 @@ def click_handle(serve_url):
 ACME_KEY = "acme-key-1"  # tenant "acme" of the `auth_url` app
 GLOBEX_KEY = "globex-key-1"  # tenant "globex" of the `auth_url` app
 AUTH_APP = "sam3auth"
+# tenants of the `auth_url` app with one tight limit each (tests/integration/test_quotas.py): key -> tenant
+QUOTA_KEYS = {"rate-key-1": "q-rate", "flight-key-1": "q-flight", "bytes-key-1": "q-bytes", "jobs-key-1": "q-jobs"}
+QUOTA_LIMITS = {"q-rate": {"requests_per_s": 0.5, "burst": 3}, "q-flight": {"max_inflight_model_requests": 1},
+                "q-bytes": {"upload_bytes_per_day": 300_000}, "q-jobs": {"max_concurrent_jobs": 1}}
 AUTH_CORS_ORIGIN = "https://allowed.example"  # the `auth_url` app's only CORS origin
 
 
 @pytest.fixture(scope="session")
 def auth_url(serve_url, tiny_model_dir, tiny_video_model_dir, seaweedfs) -> str:
     """Base URL of a second sam3 app ("sam3auth" at /auth on the session's Serve) that requires API keys:
-    ACME_KEY -> tenant acme, GLOBEX_KEY -> tenant globex; CORS for AUTH_CORS_ORIGIN only; its own fresh prefix on
+    ACME_KEY -> tenant acme, GLOBEX_KEY -> tenant globex (no limits), QUOTA_KEYS -> tenants with one limit each
+    (QUOTA_LIMITS; so the app runs a QuotaKeeper); CORS for AUTH_CORS_ORIGIN only; its own fresh prefix on
     the session's SeaweedFS; no warm video actor. Deleted at the end of the session."""
     import hashlib
 
@@ -195,10 +200,11 @@ def auth_url(serve_url, tiny_model_dir, tiny_video_model_dir, seaweedfs) -> str:
     from tests.fixtures import s3
 
     keys = [{"key_sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant, "name": f"{tenant}-tests"}
-            for key, tenant in ((ACME_KEY, "acme"), (GLOBEX_KEY, "globex"))]
+            for key, tenant in ((ACME_KEY, "acme"), (GLOBEX_KEY, "globex"), *QUOTA_KEYS.items())]
     args = serve_args(tiny_model_dir, storage=s3.s3_storage_config(seaweedfs).model_dump(),
                       video={"model_id": tiny_video_model_dir, "warm_pool": 0},
-                      auth={"mode": "api_keys", "keys": keys, "cors_origins": [AUTH_CORS_ORIGIN]})
+                      auth={"mode": "api_keys", "keys": keys, "cors_origins": [AUTH_CORS_ORIGIN],
+                            "tenant_quotas": QUOTA_LIMITS})
     serve.run(build_app(args), name=AUTH_APP, route_prefix="/auth")
     yield f"{serve_url}/auth"
     serve.delete(AUTH_APP)

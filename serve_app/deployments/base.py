@@ -92,6 +92,21 @@ class ModelDeployment:
         self._batched = cast(BatchedCall, batched)  # Ray's wrapper has the setters its annotation omits
         self._run_batch = fn
         self._in_flight = 0
+        from ray.serve.metrics import Counter
+
+        # Serve adds the `deployment` (and replica, app) tags itself
+        self._model_seconds = Counter(
+            "sam3_tenant_model_seconds_total", tag_keys=("tenant",),
+            description="Model (GPU) seconds by tenant: each batch's model time split evenly over its requests")
+
+    def _charge_model_time(self, tenants: list[str], seconds: float) -> None:
+        """Add a batch's model wall time (`seconds`) to sam3_tenant_model_seconds_total, an equal share per
+        request (`tenants`: each request's tenant, in batch order)."""
+        if not tenants:
+            return
+        share = seconds / len(tenants)
+        for tenant in set(tenants):
+            self._model_seconds.inc(share * tenants.count(tenant), tags={"tenant": tenant})
 
     async def _submit(self, request: Any) -> Any:
         """One request's answer (the batch protocol's value, see raise_if_error). Through the @serve.batch

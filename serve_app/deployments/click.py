@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,11 @@ class CacheMetrics:
         self.entries.set(stats["cache_entries"])
 
 
+def tenant_of(cache_key: str) -> str:
+    """The tenant part of an embedding-cache key "{tenant}/{image sha256}"."""
+    return cache_key.split("/", 1)[0]
+
+
 @serve.deployment
 class ClickSegmenter(ModelDeployment):
     def __init__(self, model: ModelConfig, click: ClickConfig, *, runner: str = DEFAULT_RUNNER, debug: bool = False):
@@ -81,13 +87,17 @@ class ClickSegmenter(ModelDeployment):
 
     async def generate_masks(self, request: AutoRequest) -> AutoResponse | EmbeddingMiss:
         """Automatic mask generation on one image (not batched across requests: it is many decoder calls)."""
+        started = time.perf_counter()
         out = await asyncio.to_thread(self.runner.generate_masks, request)
+        self._charge_model_time([tenant_of(request.cache_key)], time.perf_counter() - started)
         self._cache_metrics.export(self.runner.debug_stats())
         return out
 
     async def _segment_batch(self, requests: list[ClickRequest]) -> list[ClickAnswer]:
         # The model runs in a worker thread so the replica's event loop keeps accepting requests.
+        started = time.perf_counter()
         answers = await asyncio.to_thread(self.runner.segment_batch, requests)
+        self._charge_model_time([tenant_of(r.cache_key) for r in requests], time.perf_counter() - started)
         self._batch_size.observe(len(requests))
         done = [a for a in answers if isinstance(a, ClickResponse)]
         if done:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
@@ -46,7 +47,9 @@ class ConceptSegmenter(ModelDeployment):
     async def _segment_batch(self, requests: list[ConceptRequest]) -> list[ConceptAnswer]:
         # The model runs in a worker thread: the replica's event loop keeps accepting requests (and
         # max_concurrent_batches > 1 overlaps one batch's CPU work with another's GPU work).
+        started = time.perf_counter()
         answers = await asyncio.to_thread(self.runner.segment_batch, requests)
+        self._charge_model_time([r.tenant for r in requests], time.perf_counter() - started)
         self._batch_size.observe(len(requests))
         done = [a for a in answers if isinstance(a, ConceptResponse)]
         if done:

@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import AppConfig, known_tenants
 from serve_app.errors import Forbidden
 from serve_app.jobs.runner import JobRunner, JobSlots
+from serve_app.pipelines import tenant_log
 from serve_app.pipelines.services import Services
 from serve_app.pipelines.video_jobs import PcsVideoJob
 from serve_app.storage.base import ConditionalWrites
@@ -55,8 +56,10 @@ class JobWorker:
         elif writes.state == "unknown":
             log.warning("JobWorker %s could not probe storage yet (%s); it will before claiming a job",
                         self.owner_id, writes.reason)
-        for runner in self.runners.values():
-            runner.start()  # the recovery loops (one per tenant), on this replica's event loop
+        tenant_log.install()
+        for tenant, runner in self.runners.items():
+            with tenant_log.tenant_scope(tenant):  # its tasks inherit the tenant: their log lines carry it
+                runner.start()  # the recovery loops (one per tenant), on this replica's event loop
         log.info("JobWorker %s ready (kinds: %s; tenants: %s)", self.owner_id,
                  ", ".join(self.services.jobs.kinds.names()), ", ".join(self.runners))
 
@@ -71,9 +74,11 @@ class JobWorker:
 
     async def start_job(self, job_id: str, tenant: str | None = None) -> str:
         """Start running `tenant`'s job `job_id` in the background; returns this worker's id at once."""
-        runner = self._runner(tenant or self.services.tenant)
-        runner.start()
-        runner.dispatch(job_id)
+        tenant = tenant or self.services.tenant
+        runner = self._runner(tenant)
+        with tenant_log.tenant_scope(tenant):  # the job's task inherits the tenant: its log lines carry it
+            runner.start()
+            runner.dispatch(job_id)
         return self.owner_id
 
     async def debug_hold_video_jobs(self, after_chunks: int | None) -> str:

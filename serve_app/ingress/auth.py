@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.config import ApiKeyEntry, AppConfig, AuthConfig
 from serve_app.errors import StartupFailure
 from serve_app.ingress.error_handling import connection_request_id, error_response
+from serve_app.pipelines.tenant_log import tenant_var
 
 log = logging.getLogger("serve_app.ingress.auth")
 
@@ -237,20 +238,33 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         policy = self.policy if self.policy is not None else self._policy_of_app(scope)
-        if policy.mode != "api_keys" or is_public(scope, policy, self.docs_paths):
-            if policy.default_tenant is not None:
-                scope.setdefault("state", {})["tenant"] = policy.default_tenant
-            await self.app(scope, receive, send)
+        public = is_public(scope, policy, self.docs_paths)
+        if policy.mode != "api_keys" or public:
+            await self._enter(scope, receive, send, policy.default_tenant, public)
             return
         key = presented_key(scope)
         tenant = policy.tenant_of(key) if key is not None else None
         if tenant is None:
             await self._refuse(scope, receive, send, "missing_api_key" if key is None else "invalid_api_key")
             return
-        scope.setdefault("state", {})["tenant"] = tenant
         if scope["type"] == "websocket":
             _without_key_param(scope)
-        await self.app(scope, receive, send)
+        await self._enter(scope, receive, send, tenant, False)
+
+    async def _enter(self, scope: Scope, receive: Receive, send: Send, tenant: str | None, public: bool) -> None:
+        """Run the app as `tenant`: `scope["state"]` gets `tenant` and `public` (a public route: quotas skip
+        it), and the request's log lines carry the tenant (serve_app.pipelines.tenant_log)."""
+        state = scope.setdefault("state", {})
+        state["public"] = public
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+        state["tenant"] = tenant
+        token = tenant_var.set(tenant)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            tenant_var.reset(token)
 
     def _policy_of_app(self, scope: Scope) -> AuthPolicy:
         ctx = getattr(getattr(scope.get("app"), "state", None), "ctx", None)

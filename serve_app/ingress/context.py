@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from serve_app.config import AppConfig
 from serve_app.pipelines.click import ClickPipeline
+from serve_app.pipelines.quotas import QuotaGate
 from serve_app.pipelines.remote import ModelClient
 from serve_app.pipelines.services import Services
 from serve_app.pipelines.video import VideoSessions
@@ -23,6 +24,7 @@ class IngressContext:
     services: Services  # one tenant's config, store, images, concept, results, jobs, video, exports (as JobWorker's)
     click: ClickPipeline  # uploads' precompute, clicks, automatic masks
     job_worker: Any  # DeploymentHandle to JobWorker: runs submitted jobs (its replicas also recover them)
+    quotas: QuotaGate = field(default_factory=QuotaGate.disabled)  # the QuotaKeeper's client
     _views: dict[str, IngressContext] = field(default_factory=dict, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -40,12 +42,15 @@ class IngressContext:
         return self.services.tenant
 
     @classmethod
-    def create(cls, cfg: AppConfig, concept: Any, click: Any, job_worker: Any, sessions: Any) -> IngressContext:
-        """`concept`, `click`, `job_worker`, `sessions`: the DeploymentHandles of ConceptSegmenter,
-        ClickSegmenter, JobWorker, SessionManager. Returns the view of storage.default_tenant."""
+    def create(cls, cfg: AppConfig, concept: Any, click: Any, job_worker: Any, sessions: Any,
+               quotas: Any = None) -> IngressContext:
+        """`concept`, `click`, `job_worker`, `sessions`, `quotas`: the DeploymentHandles of ConceptSegmenter,
+        ClickSegmenter, JobWorker, SessionManager and QuotaKeeper (None: no limits). Returns the view of
+        storage.default_tenant."""
         services = Services.create(cfg, concept, sessions)
         click_pipeline = ClickPipeline(ModelClient(click, cfg.ingress.model_timeout_s), services.images, cfg.click)
-        return cls(services=services, click=click_pipeline, job_worker=job_worker)
+        return cls(services=services, click=click_pipeline, job_worker=job_worker,
+                   quotas=QuotaGate(quotas, cfg.auth.quota_of))
 
     def for_tenant(self, tenant: str) -> IngressContext:
         """The same replica's context for `tenant` (built once, then cached; shares the handles and pools)."""
@@ -56,7 +61,8 @@ class IngressContext:
             if view is None:
                 services = self.services.for_tenant(tenant)
                 click = ClickPipeline(self.click.model, services.images, self.config.click) if self.click else None
-                view = IngressContext(services, click, self.job_worker, self._views, self._lock)  # type: ignore[arg-type]
+                view = IngressContext(services, click, self.job_worker, self.quotas,  # type: ignore[arg-type]
+                                      self._views, self._lock)
                 self._views[tenant] = view
             return view
 

@@ -15,8 +15,9 @@ from serve_app.ingress.fastapi_app import create_app
 @serve.ingress()
 class Sam3Ingress:
     def __init__(self, config: AppConfig, concept: DeploymentHandle, click: DeploymentHandle,
-                 job_worker: DeploymentHandle, sessions: DeploymentHandle):
-        self.ctx = IngressContext.create(config, concept, click, job_worker, sessions)
+                 job_worker: DeploymentHandle, sessions: DeploymentHandle, quotas: DeploymentHandle | None = None):
+        """`quotas`: the QuotaKeeper's handle, None when no tenant has a limit."""
+        self.ctx = IngressContext.create(config, concept, click, job_worker, sessions, quotas)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__ in each replica: the app's routes reach the context via app.state; the

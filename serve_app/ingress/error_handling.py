@@ -47,12 +47,16 @@ def connection_request_id(conn: HTTPConnection) -> str:
 
 
 def error_response(request_id: str, status: int, code: str, message: str,
-                   retry_after_s: int | None = None) -> JSONResponse:
-    """The error body; x-request-id is not set here (request_id_middleware or the Serve proxy sets it once)."""
+                   retry_after_s: int | None = None, limit: str | None = None) -> JSONResponse:
+    """The error body; x-request-id is not set here (request_id_middleware or the Serve proxy sets it once).
+    `limit`: for a quota refusal (429), the name of the tenant's limit it hit (body `error.limit`)."""
     headers: dict[str, str] = {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(int(retry_after_s))
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    detail = {"code": code, "message": message, "request_id": request_id}
+    if limit:
+        detail["limit"] = limit
+    body = {"error": detail}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -72,7 +76,7 @@ def sam3_error_response(request: Request, err: Sam3Error) -> JSONResponse:
     retry = err.retry_after_s
     if retry is None and err.status_code in (429, 503):
         retry = configured_retry_after_s(request)
-    return error_response(rid, err.status_code, err.code, err.message, retry)
+    return error_response(rid, err.status_code, err.code, err.message, retry, getattr(err, "limit", None))
 
 
 def _internal_error(rid: str) -> JSONResponse:

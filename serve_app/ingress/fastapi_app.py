@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from serve_app.config import AppConfig, AuthConfig
+from serve_app.ingress.accounting import AccountingMiddleware
 from serve_app.ingress.auth import API_KEY_HEADER, HEALTH_PATHS, AuthMiddleware, AuthPolicy
 from serve_app.ingress.error_handling import REQUEST_ID_HEADER, install_error_handling
+from serve_app.ingress.quotas import QuotaMiddleware
 from serve_app.ingress.routers import (
     automatic,
     blobs,
@@ -21,11 +23,13 @@ from serve_app.ingress.routers import (
     health,
     images,
     jobs,
+    quotas,
     uploads,
     video,
     videos,
     web,
 )
+from serve_app.pipelines import tenant_log
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 CORS_REQUEST_HEADERS = ["Authorization", API_KEY_HEADER, "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER]
@@ -38,9 +42,11 @@ def create_app(config: AppConfig | None = None) -> FastAPI:
     the app around a context of their own) the auth policy comes from `app.state.ctx.config` on first use, and
     no CORS middleware is installed.
 
-    Middleware, outermost first: request id (error_handling) -> CORS (when auth.cors_origins) -> AuthMiddleware
-    -> routes; so a 401 carries the request id and, for an allowed origin, the CORS headers a browser needs to
-    read it, and a CORS preflight is answered before authentication."""
+    Middleware, outermost first: request id (error_handling) -> CORS (when auth.cors_origins) ->
+    AccountingMiddleware (per-tenant metrics) -> AuthMiddleware (the tenant) -> QuotaMiddleware (the tenant's
+    limits) -> routes; so a 401 or 429 carries the request id and, for an allowed origin, the CORS headers a
+    browser needs to read it, a CORS preflight is answered before authentication, and every answer (401 and
+    429 included) is counted for its tenant."""
     app = FastAPI(
         title="sam3-serve",
         version="0.1.0",
@@ -52,8 +58,11 @@ def create_app(config: AppConfig | None = None) -> FastAPI:
     )
     policy = AuthPolicy.from_config(config) if config is not None else None
     docs_paths = (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url)
+    tenant_log.install()
     # add_middleware puts each new middleware OUTSIDE the ones added before it
+    app.add_middleware(QuotaMiddleware)
     app.add_middleware(AuthMiddleware, policy=policy, docs_paths=docs_paths)
+    app.add_middleware(AccountingMiddleware)
     if config is not None and config.auth.cors_origins:
         install_cors(app, config.auth)
     if config is not None and config.auth.mode == "api_keys":
@@ -71,6 +80,7 @@ def create_app(config: AppConfig | None = None) -> FastAPI:
     app.include_router(video.router)
     app.include_router(exports.router)
     app.include_router(videos.router)
+    app.include_router(quotas.router)
     if config is None or config.web.enabled:
         app.include_router(web.router)
     return app

@@ -59,7 +59,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from serve_app.config import JobsConfig
-from serve_app.errors import Conflict, InvalidInput, NotFound, PreconditionFailed, Unavailable
+from serve_app.errors import Conflict, InvalidInput, NotFound, PreconditionFailed, QuotaRefused, Unavailable
 from serve_app.jobs.kinds import JobKindRegistry, JobOutput, JobProgress
 from serve_app.jobs.records import JobError, JobProgressView, JobRecord, JobStatus, UnreadableRecord, utcnow
 from serve_app.storage import keys
@@ -68,6 +68,7 @@ from serve_app.storage.base import ArtifactStore, Blob
 log = logging.getLogger("serve_app.jobs")
 
 _JSON = "application/json"
+JOBS_RETRY_AFTER_S = 5  # a hint: when one of a tenant's jobs ends is not known in advance
 _LIST_SCAN_FACTOR = 10  # a filtered list reads at most limit * this many records per page
 
 
@@ -168,15 +169,17 @@ class JobService:
     # -- client side -------------------------------------------------------------------------------
 
     def submit(self, kind: str, input: dict, idempotency_key: str | None = None,
-               now: datetime | None = None) -> JobRecord:
+               now: datetime | None = None, max_active: int | None = None) -> JobRecord:
         """Validate and store a new queued job (or return the job an Idempotency-Key already made).
+        `max_active`: the tenant's max_concurrent_jobs; a NEW job is refused (QuotaRefused) while that many
+        of its jobs are queued or running (counted by their active markers: every replica sees the same).
         Raises Unavailable (storage_not_conditional) when storage does not enforce conditional writes."""
         if not isinstance(input, dict):
             raise InvalidInput("job input must be a JSON object", "invalid_job_input")
         self.kinds.get(kind).validate(input)
         self.store.require_conditional_writes()
         body_sha256 = hashlib.sha256(canonical_json({"kind": kind, "input": input})).hexdigest()
-        idem_hash = None
+        idem_hash = marker_key = None
         if idempotency_key is None:
             job_id = keys.new_job_id()
         else:
@@ -188,7 +191,22 @@ class JobService:
                     return self._read(job_id)[0]
                 except NotFound:
                     pass  # the first submit crashed before writing the record: finish its work
+        if max_active is not None:
+            try:
+                self._check_active(max_active)
+            except QuotaRefused:
+                if marker_key is not None:
+                    self.store.delete(marker_key)  # the key may be used again once a job has ended
+                raise
         return self._create(job_id, kind, input, body_sha256, idem_hash, now or utcnow())
+
+    def _check_active(self, max_active: int) -> None:
+        """QuotaRefused when `max_active` of this tenant's jobs are queued or running."""
+        active = len(self.store.list(keys.active_jobs_prefix(self.tenant), limit=max_active))
+        if active >= max_active:
+            raise QuotaRefused(f"tenant {self.tenant} has {active} job(s) queued or running, its limit "
+                               "max_concurrent_jobs; submit again when one has ended",
+                               retry_after_s=JOBS_RETRY_AFTER_S, limit="max_concurrent_jobs")
 
     def _reserve_idempotency_key(self, marker_key: str, body_sha256: str, now: datetime) -> tuple[str, bool]:
         """(job id, True) if this call reserved the key, else (the id it was reserved for, False). A marker

@@ -38,6 +38,7 @@ class ConceptRequest:
     original_hw: (H, W) of the EXIF-corrected original, used to scale boxes back to pixels.
     threshold: keep instances whose score (sigmoid(logit) * sigmoid(presence)) is > threshold.
     max_instances: keep at most this many per prompt, highest score first.
+    tenant: whose request this is (per-tenant model-time metrics only; the model ignores it).
     """
 
     pixels: np.ndarray
@@ -45,6 +46,7 @@ class ConceptRequest:
     prompts: tuple[ConceptPrompt, ...]
     threshold: float = 0.5
     max_instances: int = 100
+    tenant: str = "default"
 
 
 @dataclass

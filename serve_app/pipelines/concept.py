@@ -88,7 +88,8 @@ def to_model_prompt(p: Prompt, index: int, width: int, height: int) -> ConceptPr
     return ConceptPrompt(text=text, boxes_cxcywh=cxcywh.astype(np.float32), box_labels=labels)
 
 
-def build_request(image: DecodedImage, opts: ConceptOptions, info: ModelInfo, limits: LimitsConfig) -> ConceptRequest:
+def build_request(image: DecodedImage, opts: ConceptOptions, info: ModelInfo, limits: LimitsConfig,
+                  tenant: str = "default") -> ConceptRequest:
     """The GPU replica's input for one decoded image (runs the resize: call it off the event loop). No prompt
     asks for more instances than the output budget can hold (fit_instances keeps the best over all prompts,
     a subset of every prompt's best `fit`), so no more low-res masks than needed cross back."""
@@ -100,6 +101,7 @@ def build_request(image: DecodedImage, opts: ConceptOptions, info: ModelInfo, li
         prompts=prompts,
         threshold=opts.threshold,
         max_instances=min(opts.max_instances or limits.max_instances, fit),
+        tenant=tenant,
     )
 
 
@@ -190,7 +192,7 @@ class ConceptPipeline:
         t0 = time.perf_counter()
         image = await self.images.decode(data)
         info = await self.model.info()
-        request = await run_cpu(build_request, image, opts, info, self.limits)
+        request = await run_cpu(build_request, image, opts, info, self.limits, self.images.tenant)
         t1 = time.perf_counter()
         out: ConceptResponse = await self.model.call("segment", request)
         t2 = time.perf_counter()

@@ -22,6 +22,7 @@ added by the backend) and always start with the tenant:
     t/{tenant}/jobs/{job_id}/state.json        a running job's resume state (+ checkpoint.bin: pcs_video model state)
     t/{tenant}/videos-meta/{sha256}.json       a library video's name and probe metadata
     t/{tenant}/videos-index/{inv ms}-{sha256}  newest-first index of the video library
+    t/{tenant}/usage/uploads-{YYYY-MM-DD}.json  the tenant's upload bytes of that UTC day (quota ledger)
     t/{tenant}/quarantine/{key}                an unreadable object moved aside (`key` without its t/{tenant}/),
                                                e.g. quarantine/jobs/{job_id}/record.json
     sys/probes/conditional-writes/{id}         reserved prefix `sys/` (outside every tenant): the start-up
@@ -164,6 +165,13 @@ def job_id_of_record_key(tenant: str, key: str) -> str | None:
         job_id = key[len(head):-len(tail)]
         return job_id if _ID.fullmatch(job_id) else None
     return None
+
+
+def upload_usage_key(tenant: str, day: str) -> str:
+    """The stored upload-bytes counter of `tenant` for UTC `day` (YYYY-MM-DD) (serve_app.pipelines.quotas)."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise ValueError(f"not a day: {day!r}")
+    return f"{tenant_prefix(tenant)}usage/uploads-{day}.json"
 
 
 def active_jobs_prefix(tenant: str) -> str:

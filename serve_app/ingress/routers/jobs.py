@@ -66,7 +66,7 @@ async def _dispatch(ctx: IngressContext, job_id: str) -> None:
     status_code=202,
     response_model=JobView,
     response_model_exclude_none=True,
-    responses={code: {"model": ErrorBody} for code in (400, 409, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 409, 413, 415, 422, 429, 503)},
     summary="Submit a job (202 + Location); poll GET /v1/jobs/{job_id}",
     openapi_extra=json_request_body(JobRequest),
     description="An `Idempotency-Key` header makes retries safe: the same key with the same body returns "
@@ -82,7 +82,9 @@ async def submit_job(
 
 async def submit(ctx: IngressContext, kind: str, input: dict, idempotency_key: str | None) -> JSONResponse:
     """Store a job, hand it to a worker, answer 202 with its view and Location (every route that makes a job)."""
-    record = await asyncio.to_thread(ctx.services.jobs.submit, kind, input, idempotency_key)
+    max_active = ctx.quotas.limits(ctx.tenant)
+    record = await asyncio.to_thread(ctx.services.jobs.submit, kind, input, idempotency_key, None,
+                                     max_active.max_concurrent_jobs if max_active is not None else None)
     if record.status == "queued":
         await _dispatch(ctx, record.job_id)
     return JSONResponse(job_view(record).model_dump(mode="json", exclude_none=True), status_code=202,

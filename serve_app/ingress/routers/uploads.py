@@ -27,7 +27,7 @@ UPLOAD_CONTENT_TYPES = (SUPPORTED_CONTENT_TYPES - {"application/octet-stream"}) 
     "/v1/uploads",
     response_model=UploadResponse,
     status_code=201,
-    responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503)},
     summary="Get a presigned PUT URL for a large image or video",
     openapi_extra=json_request_body(UploadRequest),
     description="PUT the file to `url` with exactly `headers` before `expires_at` (storage rejects another "
@@ -44,6 +44,7 @@ async def create_upload(request: Request, ctx: Annotated[IngressContext, Depends
     if body.content_length > limit:
         raise PayloadTooLarge(f"upload of {body.content_length} bytes is over the limit of {limit}",
                               "upload_too_large")
+    await ctx.quotas.charge_upload(ctx.tenant, body.content_length)  # QuotaRefused: 429 upload_bytes_per_day
     upload_id = keys.new_id()
     presigned = await asyncio.to_thread(
         ctx.services.store.presign_put, keys.upload_key(ctx.services.images.tenant, upload_id), content_type,
