@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,17 @@ class AttachInfo:
     from_checkpoint: int | None
     replayed: int
     object_ids: list[int] = field(default_factory=list)
+
+
+def _video_seconds_counter() -> Any:
+    """The per-tenant video model-time counter (None where Ray's metrics are unavailable)."""
+    try:
+        from ray.util.metrics import Counter
+
+        return Counter("sam3_tenant_video_seconds_total", tag_keys=("tenant",),
+                       description="Video model seconds (prompts and propagation) by tenant")
+    except Exception:
+        return None
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
@@ -126,6 +138,7 @@ class SessionActor:
         self._epoch_lock = threading.Lock()
         self.counters = {"propagations": 0, "cancelled": 0, "frames_streamed": 0, "ops_applied": 0,
                          "checkpoints": 0, "rebuilds": 0}
+        self._model_seconds = _video_seconds_counter()
 
     # ------------------------------------------------------------------ lifecycle
     def ready(self) -> dict[str, Any]:
@@ -202,7 +215,11 @@ class SessionActor:
             self.journal_seq = entry.seq
             self.counters["ops_applied"] += 1
             # an op the model refuses stays journaled: a replay refuses it the same way and skips it
-            return self._apply(op, args)
+            started = time.perf_counter()
+            try:
+                return self._apply(op, args)
+            finally:
+                self._charge(time.perf_counter() - started)
 
     def propagate(self, session_id: str, start_frame_index: int, direction: str, max_frames: int | None,
                   request_id: str | None = None) -> Iterator[VideoFrameResult | PropagationEnd]:
@@ -221,17 +238,21 @@ class SessionActor:
                 stopped = stopped or self._epoch != epoch
                 return stopped
 
+            started, waited = time.perf_counter(), 0.0  # waited: suspended at a yield (the consumer's time)
             try:
                 for result in self.session.propagate(start_frame_index, direction, max_frames, should_stop=should_stop):
                     n += 1
                     self.counters["frames_streamed"] += 1
+                    paused = time.perf_counter()
                     yield result
+                    waited += time.perf_counter() - paused
             except GeneratorExit:  # ray.cancel of the stream (the caller went away): stopped at a yield
                 stopped = True
                 raise
             finally:
                 # journal what really ran (frame steps, not frames yielded: hotstart may hold results back), so
                 # a rebuild replays exactly the same steps
+                self._charge(time.perf_counter() - started - waited)
                 processed = self.session.counters.frames_processed - processed_before
                 args = {"start_frame_index": start_frame_index, "direction": direction, "max_frames": max_frames,
                         "completed": not stopped, "frames_processed": processed}
@@ -278,6 +299,11 @@ class SessionActor:
         with self._epoch_lock:
             self._epoch += 1
             return self._epoch
+
+    def _charge(self, seconds: float) -> None:
+        """Model time of the attached session's tenant: sam3_tenant_video_seconds_total{tenant}."""
+        if self._model_seconds is not None and self.tenant is not None:
+            self._model_seconds.inc(max(0.0, seconds), tags={"tenant": self.tenant})
 
     def _owned(self, session_id: str) -> SessionJournal:
         if self.session is None or session_id != self.session_id or self.journal is None:
