@@ -29,6 +29,8 @@ from serve_app.storage.base import ConditionalWrites
 
 log = logging.getLogger(__name__)
 
+TENANT_WATCH_S = 30.0  # how often a replica looks for tenants added to auth.keys_file since it started
+
 
 @serve.deployment
 class JobWorker:
@@ -57,9 +59,9 @@ class JobWorker:
             log.warning("JobWorker %s could not probe storage yet (%s); it will before claiming a job",
                         self.owner_id, writes.reason)
         tenant_log.install()
-        for tenant, runner in self.runners.items():
-            with tenant_log.tenant_scope(tenant):  # its tasks inherit the tenant: their log lines carry it
-                runner.start()  # the recovery loops (one per tenant), on this replica's event loop
+        for tenant in self.runners:
+            self._start(tenant)  # the recovery loops (one per tenant), on this replica's event loop
+        self._watcher = asyncio.create_task(self._watch_tenants())
         log.info("JobWorker %s ready (kinds: %s; tenants: %s)", self.owner_id,
                  ", ".join(self.services.jobs.kinds.names()), ", ".join(self.runners))
 
@@ -72,12 +74,34 @@ class JobWorker:
                                                       self.slots)
         return runner
 
+    def _start(self, tenant: str) -> JobRunner:
+        """`tenant`'s runner with its recovery loop running (started once); the loop's tasks inherit the tenant,
+        so their log lines carry it."""
+        runner = self._runner(tenant)
+        with tenant_log.tenant_scope(tenant):
+            runner.start()
+        return runner
+
+    async def _watch_tenants(self) -> None:
+        """Start the recovery loop of every tenant that appears in auth.keys_file after this replica started
+        (keys added to the Secret), so their jobs are recovered without a restart."""
+        while True:
+            await asyncio.sleep(TENANT_WATCH_S)
+            try:
+                tenants = await asyncio.to_thread(known_tenants, self.services.config)
+            except Exception as exc:  # never let the watcher die
+                log.warning("could not read the tenants (%s)", type(exc).__name__)
+                continue
+            for tenant in tenants:
+                if tenant not in self.runners:
+                    log.info("recovering the jobs of tenant %s too (new key)", tenant)
+                    self._start(tenant)
+
     async def start_job(self, job_id: str, tenant: str | None = None) -> str:
         """Start running `tenant`'s job `job_id` in the background; returns this worker's id at once."""
         tenant = tenant or self.services.tenant
-        runner = self._runner(tenant)
+        runner = self._start(tenant)
         with tenant_log.tenant_scope(tenant):  # the job's task inherits the tenant: its log lines carry it
-            runner.start()
             runner.dispatch(job_id)
         return self.owner_id
 
