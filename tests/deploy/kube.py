@@ -121,6 +121,15 @@ def kuberay_semantic_errors(rayservice: dict) -> list[str]:
     v2 = ((cluster.get("autoscalerOptions") or {}).get("version")) == "v2"
     if upgrade == "NewClusterWithIncrementalUpgrade" and not autoscaling:
         errs.append("NewClusterWithIncrementalUpgrade needs enableInTreeAutoscaling")
+    auth = cluster.get("authOptions") or {}
+    if auth.get("mode") == "token":
+        version = tuple(int(x) for x in re.findall(r"\d+", str(cluster.get("rayVersion", "")))[:3])
+        if version < (2, 52, 0):
+            errs.append(f"authOptions.mode token needs rayVersion >= 2.52.0, got {cluster.get('rayVersion')!r}")
+    if auth.get("enableK8sTokenAuth"):
+        errs.append("authOptions.enableK8sTokenAuth is not supported for RayService")
+    if auth.get("enableK8sTokenAuth") and auth.get("mode") != "token":
+        errs.append("authOptions.enableK8sTokenAuth needs mode token")
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
     names = [n for n, _ in groups[1:]]
     if len(names) != len(set(names)):
@@ -188,3 +197,68 @@ def worker_group(rayservice: dict, name: str) -> dict:
     groups = {g["groupName"]: g for g in rayservice["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])}
     assert name in groups, f"no worker group {name!r} in {sorted(groups)}"
     return groups[name]
+
+
+# ------------------------------------------------------------------------------------------- what KubeRay adds
+
+HEAD_GROUP_LABEL = "headgroup"  # KubeRay's ray.io/group value on the head pod (utils.RayNodeHeadGroupLabelValue)
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def kuberay_pod_labels(rayservice: dict, group: str, cluster_suffix: str = "abcde") -> dict[str, str]:
+    """Labels of a pod KubeRay creates for `group` ("head" or a worker group name): its labelPod() defaults,
+    overridden by the template's labels except ray.io/node-type, ray.io/group and ray.io/cluster."""
+    template = pod_templates(rayservice)[group]
+    cluster = f"{rayservice['metadata']['name']}-{cluster_suffix}"
+    node_type = "head" if group == "head" else "worker"
+    fixed = {
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "ray.io/group": HEAD_GROUP_LABEL if group == "head" else group,
+    }
+    labels = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/identifier": f"{cluster}-{node_type}",
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
+    labels.update((template.get("metadata") or {}).get("labels") or {})
+    labels.update(fixed)
+    return labels
+
+
+def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    """metav1.LabelSelector semantics; an empty selector matches everything."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def pod_containers(rayservice: dict, group: str) -> dict[str, dict]:
+    """Every container of a group's pods as KubeRay runs them: the template's containers and init containers,
+    plus, on the head with in-tree autoscaling, the autoscaler sidecar built from autoscalerOptions (its env,
+    envFrom and volumeMounts; KubeRay adds only non-secret env of its own besides the Ray auth token)."""
+    spec = pod_templates(rayservice)[group]["spec"]
+    out = {f"container:{c['name']}": c for c in spec.get("containers", [])}
+    out.update({f"init:{c['name']}": c for c in spec.get("initContainers", [])})
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    if group == "head" and cluster.get("enableInTreeAutoscaling"):
+        opts = cluster.get("autoscalerOptions") or {}
+        out["container:autoscaler"] = {
+            "name": "autoscaler",
+            "env": opts.get("env") or [],
+            "envFrom": opts.get("envFrom") or [],
+            "volumeMounts": opts.get("volumeMounts") or [],
+        }
+    return out

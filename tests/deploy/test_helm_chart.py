@@ -34,7 +34,15 @@ def test_rendered_objects(rendered):
     assert kinds(rendered["default"]) == sorted(
         [
             "NetworkPolicy/sam3-sam3-serve",
-            "PodDisruptionBudget/sam3-sam3-serve-workers",
+            "NetworkPolicy/sam3-sam3-serve-default-deny",
+            "NetworkPolicy/sam3-sam3-serve-egress",
+            "NetworkPolicy/sam3-sam3-serve-egress-hub",
+            "NetworkPolicy/sam3-sam3-serve-egress-kube-api",
+            "NetworkPolicy/sam3-sam3-serve-egress-storage",
+            "NetworkPolicy/sam3-sam3-serve-test",
+            "PodDisruptionBudget/sam3-sam3-serve-cpu-workers",
+            "PodDisruptionBudget/sam3-sam3-serve-gpu-workers",
+            "PodDisruptionBudget/sam3-sam3-serve-head",
             "Pod/sam3-sam3-serve-test-healthz",
             "RayService/sam3-sam3-serve",
             "Role/sam3-sam3-serve-status-reader",
@@ -46,9 +54,16 @@ def test_rendered_objects(rendered):
         [
             "Ingress/sam3-ci",
             "NetworkPolicy/sam3-ci",
+            "NetworkPolicy/sam3-ci-default-deny",
+            "NetworkPolicy/sam3-ci-egress",
+            "NetworkPolicy/sam3-ci-egress-hub",
+            "NetworkPolicy/sam3-ci-egress-kube-api",
+            "NetworkPolicy/sam3-ci-egress-storage",
+            "NetworkPolicy/sam3-ci-test",
             "Pod/sam3-ci-test-healthz",
+            "PodDisruptionBudget/sam3-ci-cpu-workers",
+            "PodDisruptionBudget/sam3-ci-gpu-workers",
             "PodDisruptionBudget/sam3-ci-head",
-            "PodDisruptionBudget/sam3-ci-workers",
             "PodMonitor/sam3-ci",
             "RayService/sam3-ci",
             "Role/sam3-ci-status-reader",
@@ -70,7 +85,8 @@ def test_core_objects_pass_kubernetes_validate_strict(rendered, values):
 
 
 def test_kubernetes_validate_catches_a_bad_core_object(rendered):
-    np = copy.deepcopy(kube.one(rendered["default"], "NetworkPolicy"))
+    np = copy.deepcopy(next(d for d in kube.by_kind(rendered["default"], "NetworkPolicy")
+                            if d["metadata"]["name"] == "sam3-sam3-serve"))
     np["spec"]["ingres"] = np["spec"].pop("ingress")
     assert any("ingres" in e for e in kube.validate_core(np))
 
@@ -101,7 +117,11 @@ def test_default_rayservice_shape(rendered):
     assert cluster["autoscalerOptions"]["version"] == "v2"
     assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 300
     assert cluster["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
-    assert cluster["autoscalerOptions"]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert cluster["autoscalerOptions"]["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "autoscaler-sa-token", "mountPath": kube.SA_TOKEN_DIR, "readOnly": True},
+    ]
+    assert cluster["authOptions"] == {"mode": "token"}
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert list(groups) == ["cpu", "gpu"]
     assert (groups["cpu"]["minReplicas"], groups["cpu"]["maxReplicas"]) == (1, 4)
@@ -147,6 +167,9 @@ def test_ci_values_reach_the_rayservice(rendered):
     assert rs["spec"]["rayClusterConfig"]["autoscalerOptions"]["upscalingMode"] == "Aggressive"
     args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["concept"]["replica"]["autoscaling"]["min_replicas"] == 0, "ci exercises scale-to-zero"
+    assert args["auth"]["mode"] == "api_keys" and args["auth"]["keys_file"].endswith("/keys.yaml")
+    assert args["auth"]["quotas"] == {"requests_per_s": 20, "burst": 40, "max_concurrent_jobs": 10}
+    assert args["auth"]["tenant_quotas"] == {"acme": {"requests_per_s": 100}}
     assert args["storage"] == {
         "uri": "s3://sam3-ci-artifacts/serve",
         "endpoint_url": "http://minio.minio.svc:9000",
@@ -254,7 +277,7 @@ def test_values_schema_is_closed_everywhere():
 # Children of these keys are documented by the parent's `# --` comment (free-form k8s objects, examples).
 _DOC_EXEMPT_PARENTS = {
     "resources", "requests", "limits", "podSecurityContext", "containerSecurityContext", "capabilities",
-    "seccompProfile", "loggingConfig", "rayStartParams", "autoscaling", "replica", "batching",
+    "seccompProfile", "loggingConfig", "rayStartParams", "autoscaling", "replica", "batching", "podLabels",
 }
 
 
@@ -303,7 +326,19 @@ def test_rbac_is_read_only_and_bound_to_the_pods_service_account(rendered):
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
     rs = kube.one(docs, "RayService")
-    assert {t["spec"]["serviceAccountName"] for t in kube.pod_templates(rs).values()} == {sa}
+    templates = kube.pod_templates(rs)
+    assert {t["spec"]["serviceAccountName"] for n, t in templates.items() if n != "head"} == {sa}
+    # The head runs under the account KubeRay creates per RayCluster (it binds the autoscaler's Role there).
+    assert "serviceAccountName" not in templates["head"]["spec"]
+    assert kube.one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+
+
+def test_head_service_account_can_be_set(helm_template):
+    proc = helm_template(sets=("head.serviceAccountName=ray-head",))
+    assert proc.returncode == 0, proc.stderr
+    rs = kube.one(kube.load_docs(proc.stdout), "RayService")
+    assert kube.pod_templates(rs)["head"]["spec"]["serviceAccountName"] == "ray-head"
+    checks.check_rayservice(rs)
 
 
 def test_rbac_and_service_account_can_be_turned_off(helm_template):
@@ -312,7 +347,9 @@ def test_rbac_and_service_account_can_be_turned_off(helm_template):
     docs = kube.load_docs(proc.stdout)
     assert not kube.by_kind(docs, "Role") and not kube.by_kind(docs, "ServiceAccount")
     rs = kube.one(docs, "RayService")
-    assert {t["spec"]["serviceAccountName"] for t in kube.pod_templates(rs).values()} == {"existing-sa"}
+    templates = kube.pod_templates(rs)
+    assert {t["spec"]["serviceAccountName"] for n, t in templates.items() if n != "head"} == {"existing-sa"}
+    assert "serviceAccountName" not in templates["head"]["spec"]
 
 
 def test_service_account_annotations_for_workload_identity(rendered):
@@ -364,23 +401,6 @@ def test_monitoring_scrapes_the_ray_metrics_port(rendered):
         assert svc["spec"]["selector"].items() <= t["metadata"]["labels"].items() | {("ray.io/is-ray-node", "yes")}
 
 
-def test_pdb_and_network_policy(rendered):
-    docs = rendered["ci"]
-    pdbs = {p["metadata"]["name"]: p["spec"] for p in kube.by_kind(docs, "PodDisruptionBudget")}
-    assert pdbs["sam3-ci-workers"]["maxUnavailable"] == 1
-    assert pdbs["sam3-ci-head"]["maxUnavailable"] == 0
-    np = kube.one(docs, "NetworkPolicy")["spec"]
-    assert np["policyTypes"] == ["Ingress"]
-    by_port = {}
-    for rule in np["ingress"]:
-        for p in rule.get("ports", [{"port": "all"}]):
-            by_port.setdefault(p["port"], []).append(rule.get("from"))
-    assert by_port[8265] == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}]]
-    assert [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}] in by_port[8000]
-    assert by_port[8080] == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
-    assert by_port["all"][0][0]["podSelector"]["matchLabels"] == np["podSelector"]["matchLabels"]
-
-
 def test_read_only_root_can_be_turned_off(helm_template):
     proc = helm_template(sets=("containerSecurityContext.readOnlyRootFilesystem=false",))
     rs = kube.one(kube.load_docs(proc.stdout), "RayService")
@@ -423,9 +443,15 @@ def test_notes_render(helm_bin, tmp_path):
     assert "sam3-serve cluster-status -n sam3 --name sam3-sam3-serve" in notes
     assert "port-forward svc/sam3-sam3-serve-serve-svc 8000:8000" in notes
     assert "twice the GPUs" in notes
+    assert "export RAY_AUTH_TOKEN=$(kubectl -n sam3 get secret $RC -o jsonpath='{.data.auth_token}' | base64 -d)" in notes
+    assert "get rayservice sam3-sam3-serve -o jsonpath='{.status.activeServiceStatus.rayClusterName}'" in notes
     proc = run([helm_bin, "template", RELEASE, str(chart), "-f", str(CI_VALUES), "--show-only", "templates/zz-notes.yaml"])
     ci_notes = yaml.safe_load(proc.stdout)["data"]["notes"]
     assert "WARNING" not in ci_notes and "https://sam3.ci.example.com/docs" in ci_notes
+    assert "get secret ray-token -o jsonpath" in ci_notes
+    proc = run([helm_bin, "template", RELEASE, str(chart), "--show-only", "templates/zz-notes.yaml",
+                "--set", "rayAuth.enabled=false"])
+    assert "RAY_AUTH_TOKEN" not in yaml.safe_load(proc.stdout)["data"]["notes"]
     proc = run([helm_bin, "template", RELEASE, str(chart), "--show-only", "templates/zz-notes.yaml",
                 "--set", "app.ingress.model_timeout_s=300"])
     assert "app.ingress.model_timeout_s (300) >= serve.requestTimeoutS (120)" in yaml.safe_load(proc.stdout)["data"]["notes"]

@@ -20,21 +20,28 @@ def test_objects(built):
     expected = sorted(
         [
             "NetworkPolicy/sam3-serve",
-            "PodDisruptionBudget/sam3-serve-workers",
+            "NetworkPolicy/sam3-serve-default-deny",
+            "NetworkPolicy/sam3-serve-egress",
+            "NetworkPolicy/sam3-serve-egress-hub",
+            "NetworkPolicy/sam3-serve-egress-kube-api",
+            "NetworkPolicy/sam3-serve-egress-storage",
+            "PodDisruptionBudget/sam3-serve-cpu-workers",
+            "PodDisruptionBudget/sam3-serve-head",
             "RayService/sam3-serve",
             "Role/sam3-serve-status-reader",
             "RoleBinding/sam3-serve-status-reader",
             "ServiceAccount/sam3-serve",
         ]
     )
-    assert kinds == {"base": expected, "gpu": expected}, "the serve-config ConfigMap must stay local (not applied)"
+    assert kinds == {"base": expected, "gpu": sorted(expected + ["PodDisruptionBudget/sam3-serve-gpu-workers"])}, (
+        "the serve-config ConfigMap must stay local (not applied)")
     assert {d["metadata"].get("namespace") for d in built["gpu"]} == {"sam3"}
 
 
 @pytest.mark.parametrize("name", BUILDS)
 def test_core_objects_pass_kubernetes_validate_strict(built, name):
     errors = {f"{d['kind']}/{d['metadata']['name']}": kube.validate_core(d) for d in built[name] if kube.is_core(d)}
-    assert len(errors) == 5 and not any(errors.values()), errors
+    assert len(errors) == {"base": 11, "gpu": 12}[name] and not any(errors.values()), errors
 
 
 @pytest.mark.parametrize("name", BUILDS)
@@ -78,7 +85,7 @@ def test_gpu_overlay_matches_the_chart_defaults(built, rendered):
     def shape(rs):
         cluster = rs["spec"]["rayClusterConfig"]
         groups = {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
-        out = {"autoscaler": {k: v for k, v in cluster["autoscalerOptions"].items()}}
+        out = {"autoscaler": {k: v for k, v in cluster["autoscalerOptions"].items()}, "auth": cluster.get("authOptions")}
         for name, g in groups.items():
             spec = g["template"]["spec"]
             c = spec["containers"][0]
@@ -93,6 +100,8 @@ def test_gpu_overlay_matches_the_chart_defaults(built, rendered):
                 "volumes": spec["volumes"],
                 "env": sorted(e["name"] for e in c["env"] if e["name"] not in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
                 "tolerations": spec.get("tolerations"),
+                "automountServiceAccountToken": spec.get("automountServiceAccountToken"),
+                "ownServiceAccount": "serviceAccountName" in spec,
             }
         return out
 
@@ -101,11 +110,55 @@ def test_gpu_overlay_matches_the_chart_defaults(built, rendered):
         assert ours["spec"][key] == chart["spec"][key], key
 
 
+def _normalized(docs: list[dict], kind: str, prefix: str, instance: str) -> dict[str, dict]:
+    """{name suffix: spec} of `kind` with the release's instance label value replaced, to compare chart and k8s/."""
+    import json
+
+    out = {}
+    for d in kube.by_kind(docs, kind):
+        suffix = d["metadata"]["name"][len(prefix):]
+        out[suffix] = json.loads(json.dumps(d["spec"]).replace(f'"app.kubernetes.io/instance": "{instance}"',
+                                                               '"app.kubernetes.io/instance": "RELEASE"'))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["NetworkPolicy", "PodDisruptionBudget"])
+def test_gpu_overlay_policies_match_the_chart_defaults(built, rendered, kind):
+    ours = _normalized(built["gpu"], kind, "sam3-serve", "sam3-serve")
+    chart = _normalized(rendered["default"], kind, "sam3-sam3-serve", "sam3")
+    chart.pop("-test", None)  # the chart's `helm test` pod has its own policy
+    assert ours == chart
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_cluster_lockdown(built, name):
+    """The chart's rules (test_cluster_security.py), on the plain manifests: default deny + allows, the dashboard
+    only from the operator pods, one PDB per group, Ray token auth, tokens and Secrets only where used."""
+    docs = built[name]
+    rs = kube.one(docs, "RayService")
+    models = {"base": {"cpu"}, "gpu": {"gpu"}}[name]
+    checks.check_default_lockdown(docs, rs, instance="sam3-serve", model_groups=models)
+    checks.check_pdbs(docs, rs)
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+    tokens = {"head": ["container:autoscaler"], "cpu": ["container:ray"]}
+    if name == "gpu":
+        tokens["gpu"] = []
+    assert checks.service_account_tokens(rs) == tokens
+    assert kube.one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    uses = {g: {u.split("=")[0] for c in cs.values() for u in c} for g, cs in checks.secret_uses(rs).items()}
+    aws = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    expected = {"head": set(), "cpu": aws | {"HF_TOKEN"}} if name == "base" else {"head": set(), "cpu": aws, "gpu": aws | {"HF_TOKEN"}}
+    assert uses == expected
+
+
 def test_credentials_are_optional_secret_refs(built):
     rs = kube.one(built["gpu"], "RayService")
+    wanted = {"head": (), "cpu": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+              "gpu": ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     for name, t in kube.pod_templates(rs).items():
         env = {e["name"]: e for e in t["spec"]["containers"][0]["env"]}
-        for var in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert set(env) & checks.SECRET_ENV == set(wanted[name]), name
+        for var in wanted[name]:
             ref = env[var]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "sam3-serve-credentials", "key": var, "optional": True}, (name, var)
 

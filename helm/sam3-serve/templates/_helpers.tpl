@@ -118,54 +118,113 @@ existingSecret is set); validated by serve_app.config.AppConfig when the app is 
 {{- toYaml $cfg }}
 {{- end }}
 
-{{/* Env vars of every Ray container. */}}
+{{/*
+True ("true") when a model deployment or video session actor may run on the CPU worker group: an explicit
+num_gpus of 0 (a CPU-only deployment). Then the CPU group loads weights too (HF token, Hub egress).
+*/}}
+{{- define "sam3-serve.modelsOnCpu" -}}
+{{- $shares := list (dig "concept" "replica" "num_gpus" nil .Values.app) (dig "click" "replica" "num_gpus" nil .Values.app) (dig "video" "actor" "num_gpus" nil .Values.app) }}
+{{- range $shares }}
+{{- if and (not (kindIs "invalid" .)) (not (kindIs "string" .)) (eq (float64 .) 0.0) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+True ("true") when the model replicas download weights from the Hugging Face Hub: not huggingface.offline and
+a model id (app.model.model_id, app.video.model_id) that is not a local path ("/..." or "./...").
+*/}}
+{{- define "sam3-serve.hubDownload" -}}
+{{- if not .Values.huggingface.offline }}
+{{- range list (dig "model" "model_id" "" .Values.app) (dig "video" "model_id" "" .Values.app) }}
+{{- $id := toString . }}
+{{- if and . (ne $id "<nil>") (not (hasPrefix "/" $id)) (not (hasPrefix "." $id)) }}true{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Ray worker groups (by ray.io/group) that load the models: the GPU group, plus the CPU group when a model runs on CPU. */}}
+{{- define "sam3-serve.modelGroups" -}}
+{{- $groups := list .Values.gpuWorkers.groupName }}
+{{- if include "sam3-serve.modelsOnCpu" . }}
+{{- $groups = append $groups .Values.cpuWorkers.groupName }}
+{{- end }}
+{{- toJson $groups }}
+{{- end }}
+
+{{/* KubeRay's ray.io/group label value on the head pod. */}}
+{{- define "sam3-serve.headGroupLabel" -}}
+headgroup
+{{- end }}
+
+{{/* Mount path of the service-account token the autoscaler sidecar reads (Ray's KubeRay node provider). */}}
+{{- define "sam3-serve.saTokenDir" -}}
+/var/run/secrets/kubernetes.io/serviceaccount
+{{- end }}
+
+{{/*
+Env vars of a Ray container. Call with (dict "root" $ "s3" <bool> "hf" <bool>): credentials go only where they
+are used. S3 keys: the worker groups (ingress, JobWorker, SessionManager on CPU; video session actors on GPU);
+never the head (num-cpus 0: no replica of ours runs there). HF token: the groups that load the models.
+*/}}
 {{- define "sam3-serve.env" -}}
+{{- $root := .root }}
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
 - name: SAM3_RAYSERVICE_NAME
-  value: {{ include "sam3-serve.fullname" . | quote }}
+  value: {{ include "sam3-serve.fullname" $root | quote }}
 - name: HF_HOME
   value: /home/ray/.cache/huggingface
-{{- if .Values.huggingface.offline }}
+{{- if $root.Values.huggingface.offline }}
 - name: HF_HUB_OFFLINE
   value: "1"
 {{- end }}
-{{- if or .Values.huggingface.existingSecret .Values.huggingface.token }}
+{{- if and .hf (or $root.Values.huggingface.existingSecret $root.Values.huggingface.token) }}
 - name: HF_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "sam3-serve.secretName" .) .Values.huggingface.existingSecret }}
-      key: {{ .Values.huggingface.tokenKey }}
+      name: {{ default (include "sam3-serve.secretName" $root) $root.Values.huggingface.existingSecret }}
+      key: {{ $root.Values.huggingface.tokenKey }}
 {{- end }}
-{{- if or .Values.s3.existingSecret .Values.s3.accessKeyId }}
+{{- if and .s3 (or $root.Values.s3.existingSecret $root.Values.s3.accessKeyId) }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "sam3-serve.secretName" .) .Values.s3.existingSecret }}
-      key: {{ .Values.s3.accessKeyIdKey }}
+      name: {{ default (include "sam3-serve.secretName" $root) $root.Values.s3.existingSecret }}
+      key: {{ $root.Values.s3.accessKeyIdKey }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "sam3-serve.secretName" .) .Values.s3.existingSecret }}
-      key: {{ .Values.s3.secretAccessKeyKey }}
+      name: {{ default (include "sam3-serve.secretName" $root) $root.Values.s3.existingSecret }}
+      key: {{ $root.Values.s3.secretAccessKeyKey }}
 {{- end }}
-{{- with .Values.extraEnv }}
+{{- with $root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
 {{/*
-Ray pod template. Call with (dict "root" $ "group" <values of the group> "component" <name> "gpus" <int>
-["ingress" true]); "ingress" marks the group that runs the ingress replicas (it gets the API keys mount).
+Ray pod template. Call with (dict "root" $ "group" <values of the group> "role" "head"|"cpu"|"gpu"
+"component" <name> "gpus" <int>). The role decides what the pod gets:
+- head: no credentials, no service-account token in the Ray container; its ServiceAccount is head.serviceAccountName
+  or, when empty, the one KubeRay creates per RayCluster and binds the autoscaler's Role to (patch pods and
+  the RayCluster), so the worker pods' ServiceAccount never holds those rights. With the autoscaler on, a
+  projected token volume is mounted only into the autoscaler sidecar (see autoscalerOptions in rayservice.yaml).
+- cpu: the ingress replicas: API keys mount, S3 keys, the service-account token (GET /v1/cluster reads the
+  RayService through the Kubernetes API) when cpuWorkers.automountServiceAccountToken.
+- gpu: the model replicas and video session actors: S3 keys and the HF token, no service-account token.
 KubeRay treats containers[0] as the Ray container, adds the /dev/shm emptyDir, ports it lacks, probes,
-the wait-gcs-ready init container (copying this container's securityContext and mounts) and, on the head,
-the autoscaler sidecar.
+the wait-gcs-ready init container (copying this container's securityContext and mounts), the Ray auth token
+env (authOptions) and, on the head, the autoscaler sidecar.
 */}}
 {{- define "sam3-serve.podTemplate" -}}
 {{- $root := .root }}
 {{- $g := .group }}
+{{- $role := .role }}
+{{- $modelGroup := or (eq $role "gpu") (and (eq $role "cpu") (include "sam3-serve.modelsOnCpu" $root)) }}
+{{- $s3 := ne $role "head" }}
+{{- $ingress := eq $role "cpu" }}
 metadata:
   labels:
     {{- include "sam3-serve.podLabels" $root | nindent 4 }}
@@ -178,7 +237,21 @@ metadata:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
+  {{- if eq $role "head" }}
+  {{- with $root.Values.head.serviceAccountName }}
+  serviceAccountName: {{ . }}
+  {{- end }}
+  # No token in the Ray container (dashboard, Jobs API); the autoscaler sidecar gets its own mount.
+  automountServiceAccountToken: false
+  {{- else }}
   serviceAccountName: {{ include "sam3-serve.serviceAccountName" $root }}
+  {{- if and $ingress $root.Values.cpuWorkers.automountServiceAccountToken }}
+  # The ingress replicas read the RayService through the Kubernetes API (GET /v1/cluster).
+  automountServiceAccountToken: true
+  {{- else }}
+  automountServiceAccountToken: false
+  {{- end }}
+  {{- end }}
   {{- with $root.Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -221,7 +294,7 @@ spec:
         - name: metrics
           containerPort: 8080
       env:
-        {{- include "sam3-serve.env" $root | nindent 8 }}
+        {{- include "sam3-serve.env" (dict "root" $root "s3" $s3 "hf" $modelGroup) | nindent 8 }}
       {{- with $root.Values.extraEnvFrom }}
       envFrom:
         {{- toYaml . | nindent 8 }}
@@ -244,7 +317,7 @@ spec:
         - name: hf-cache
           mountPath: /home/ray/.cache/huggingface
         {{- end }}
-        {{- if and .ingress $root.Values.auth.existingSecret }}
+        {{- if and $ingress $root.Values.auth.existingSecret }}
         - name: api-keys
           mountPath: {{ include "sam3-serve.authKeysDir" $root }}
           readOnly: true
@@ -269,7 +342,7 @@ spec:
         sizeLimit: {{ $root.Values.huggingface.cache.sizeLimit }}
       {{- end }}
     {{- end }}
-    {{- if and .ingress $root.Values.auth.existingSecret }}
+    {{- if and $ingress $root.Values.auth.existingSecret }}
     # API key hashes (auth.existingSecret), only where the ingress runs; a directory mount, so Secret updates
     # reach the file (the ingress re-reads it).
     - name: api-keys
@@ -279,6 +352,28 @@ spec:
         items:
           - key: keys.yaml
             path: keys.yaml
+    {{- end }}
+    {{- if and (eq $role "head") $root.Values.autoscaler.enabled }}
+    # The head's service-account token, mounted only into the autoscaler sidecar (autoscalerOptions.volumeMounts):
+    # what automountServiceAccountToken would mount, as a projected volume (kubelet rotates the token).
+    - name: autoscaler-sa-token
+      projected:
+        defaultMode: 292 # 0444
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 3607
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+          - downwardAPI:
+              items:
+                - path: namespace
+                  fieldRef:
+                    apiVersion: v1
+                    fieldPath: metadata.namespace
     {{- end }}
     {{- with $root.Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
@@ -309,11 +404,22 @@ spec:
 {{- $appAuth := default dict .Values.app.auth }}
 {{- range $key := list "mode" "keys_file" "public_docs" "cors_origins" }}
 {{- if hasKey $appAuth $key }}
-{{- fail (printf "app.auth.%s: set it with the chart's auth values (auth.mode, auth.existingSecret, auth.publicDocs, auth.corsOrigins); app.auth may only hold inline keys" $key) }}
+{{- fail (printf "app.auth.%s: set it with the chart's auth values (auth.mode, auth.existingSecret, auth.publicDocs, auth.corsOrigins); app.auth may only hold inline keys, quotas and tenant_quotas" $key) }}
 {{- end }}
 {{- end }}
 {{- if and (eq .Values.auth.mode "api_keys") (not .Values.auth.existingSecret) (not $appAuth.keys) }}
 {{- fail "auth.mode api_keys needs auth.existingSecret (a Secret whose keys.yaml lists {key_sha256, tenant, name}) or app.auth.keys" }}
+{{- end }}
+{{- range $name, $b := .Values.podDisruptionBudget }}
+{{- if and (kindIs "map" $b) (kindIs "invalid" $b.minAvailable) (kindIs "invalid" $b.maxUnavailable) }}
+{{- fail (printf "podDisruptionBudget.%s needs minAvailable or maxUnavailable" $name) }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.cpuWorkers.groupName .Values.gpuWorkers.groupName }}
+{{- fail "cpuWorkers.groupName and gpuWorkers.groupName must differ (NetworkPolicies and PodDisruptionBudgets select pods by ray.io/group)" }}
+{{- end }}
+{{- if has (include "sam3-serve.headGroupLabel" .) (list .Values.cpuWorkers.groupName .Values.gpuWorkers.groupName) }}
+{{- fail (printf "worker group names must not be %q (KubeRay's ray.io/group of the head pod)" (include "sam3-serve.headGroupLabel" .)) }}
 {{- end }}
 {{- if and .Values.s3.accessKeyId (not .Values.s3.secretAccessKey) (not .Values.s3.existingSecret) }}
 {{- fail "s3.accessKeyId is set without s3.secretAccessKey" }}
