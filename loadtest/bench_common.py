@@ -1,6 +1,7 @@
 """What the benchmark scripts share: latency summaries, the common CLI flags, checkpoint + device setup, a local
-Ray sized to the app and a bounded deploy (`deploy_or_fail`), the serving-overhead summary, and writing the
-JSON (+ PNG plot) result. Imported by loadtest/bench_*.py (run as scripts)."""
+Ray sized to the app and a bounded deploy (`deploy_or_fail`), the serving-overhead summary, writing the
+JSON (+ PNG plot) result, and the API key of a running service (`--api-key`, env SAM3_API_KEY, sent as
+`Authorization: Bearer`). Imported by loadtest/bench_*.py (run as scripts)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,49 @@ def base_parser(doc: str, default_out: str) -> argparse.ArgumentParser:
     return parser
 
 
+API_KEY_ENV = "SAM3_API_KEY"
+
+
+def add_api_key_arg(parser: argparse.ArgumentParser, *names: str, env: str | None = API_KEY_ENV,
+                    help: str | None = None) -> None:
+    """`--api-key` (or `names`): the key sent as `Authorization: Bearer <key>` to a running service (--url) in
+    auth.mode api_keys; default the environment variable `env` (SAM3_API_KEY). Never written to a result
+    (`redacted_argv`)."""
+    default = os.environ.get(env) if env else None
+    parser.add_argument(*(names or ("--api-key",)), default=default or None, help=help or (
+        f"API key of the service (sent as 'Authorization: Bearer <key>'); default ${env}" if env else
+        "API key (sent as 'Authorization: Bearer <key>')"))
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    """The request headers that carry `key` ({} without one)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def key_sha256(key: str) -> str:
+    """What auth.keys[].key_sha256 holds for `key` (`sam3-serve hash-key`)."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """`argv` with the value of every `--...-key` flag replaced by ***: results record their command line."""
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg.startswith("--") and arg.split("=", 1)[0].endswith("-key"):
+            flag, eq, _ = arg.partition("=")
+            out.append(f"{flag}=***" if eq else arg)
+            hide = not eq
+        else:
+            out.append(arg)
+    return out
+
+
 def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
     """(checkpoint dir, whether CUDA is used, the result's header: command, model, device, torch)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,7 +98,7 @@ def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
                                                             full_size=args.model == "full-random"))
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    header = {"command": " ".join(["python"] + sys.argv), "model": args.model, "device": device,
+    header = {"command": " ".join(["python"] + redacted_argv(sys.argv)), "model": args.model, "device": device,
               "torch": torch.__version__}
     return model_dir, cuda, header
 
@@ -128,9 +172,13 @@ def start_ray(num_cpus: float, port: int, *, num_gpus: float | None = None) -> s
     kw: dict[str, Any] = {} if num_gpus is None else {"num_gpus": num_gpus}
     # replicas import serve_app (and loadtest modules) from this checkout whatever the working directory
     path = os.pathsep.join(p for p in (str(REPO), str(REPO / "loadtest"), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    except BaseException:  # e.g. "node timed out during startup" on an overloaded box: no temp dir left behind
+        stop_ray(tmp)
+        raise
     return tmp
 
 

@@ -4,6 +4,7 @@
     python loadtest/bench_export.py --model tiny --width 1280 --height 720 --frames 32 --repeats 2 \
         --out loadtest/results/export-tiny-cpu/export_tiny_cpu_720p.json
     python loadtest/bench_export.py --url http://127.0.0.1:8000 --out /tmp/export.json   # a running sam3-serve
+    SAM3_API_KEY=... python loadtest/bench_export.py --url https://sam3.example --out /tmp/export.json  # api_keys
 
 A benchmark, not a test: it prints a table and writes JSON (+ a PNG bar plot next to it when matplotlib is
 installed). Without --url it starts its own local Ray + Serve app (build_app, file:// storage in a temp dir,
@@ -57,6 +58,8 @@ from typing import Any
 
 from bench_common import (
     DeployError,
+    add_api_key_arg,
+    auth_headers,
     base_parser,
     deploy_or_fail,
     free_port,
@@ -183,10 +186,14 @@ class Client:
         self.app = app
         self.http = requests.Session()
         self.timeout = (10, args.http_timeout)
+        self.auth = auth_headers(args.api_key)
 
     def request(self, method: str, path: str, **kw):
         url = path if path.startswith("http") else self.base + path
-        return self.http.request(method, url, timeout=self.timeout, **kw)
+        # the key goes to the service only: a presigned S3 URL (export_url) refuses a second auth mechanism
+        own = url == self.base or url.startswith(self.base + "/")
+        headers = {**self.auth, **kw.pop("headers", {})} if own else kw.pop("headers", None)
+        return self.http.request(method, url, timeout=self.timeout, headers=headers, **kw)
 
     def wait_pool(self) -> float:
         return self.app.wait_pool(1) if self.app is not None else 0.0
@@ -487,6 +494,7 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = base_parser(__doc__, "loadtest/results/export-tiny-cpu/export_tiny_cpu.json")
     parser.add_argument("--url", help="benchmark this running service instead of starting Ray + Serve here")
+    add_api_key_arg(parser)
     parser.add_argument("--frames", type=int, default=64, help="frames of the benchmark video")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
