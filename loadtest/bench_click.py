@@ -121,10 +121,14 @@ def bench_model(model_dir: str, iters: int, device: str) -> dict:
 
 
 def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float, *, floor_iters: int = 0,
-                 deploy_timeout_s: float = 300.0) -> dict:
+                 deploy_timeout_s: float = 300.0, warm_only: bool = False, routing: str = "consistent_hash",
+                 profile_s: float = 0.0, profile_prefix: str = "") -> dict:
     """One local Ray: the sam3 app (build_app, file:// storage) over HTTP, then (floor_iters > 0) the floor app
     of bench_floor.py with the same payloads (its `click` route: JSON in, a small object to the model
-    deployment, small JSON out). Fails (DeployError) instead of hanging when a replica cannot be placed."""
+    deployment, small JSON out). Fails (DeployError) instead of hanging when a replica cannot be placed.
+    warm_only: only the warm clicks (and the floor). profile_s > 0: then py-spy records the ingress and the
+    ClickSegmenter replica for that long under 1-client warm clicks (flame graphs + collapsed stacks at
+    `profile_prefix`-{Sam3Ingress,ClickSegmenter}.{svg,txt})."""
     import shutil
 
     import requests
@@ -138,7 +142,8 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float, *, flo
     gpu = {"num_gpus": num_gpus / 2, "num_cpus": 1}
     args = {"model": {"model_id": model_dir}, "storage": {"uri": f"file://{store}"},
             "concept": {"replica": {**gpu, "max_ongoing_requests": 32}},
-            "click": {"replica": {**gpu, "max_ongoing_requests": 64}, "cache_bytes": 4 * 1024**3},
+            "click": {"replica": {**gpu, "max_ongoing_requests": 64}, "cache_bytes": 4 * 1024**3,
+                      "routing": routing},
             "observability": {"debug_interface": True},  # debug_stats: the vision-encoder counter
             "video": VIDEO_IDLE}
     # logical CPUs for every replica of the app (+2 for the floor app); a 2-core box gets more than its cores
@@ -184,6 +189,11 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float, *, flo
             f"{k}={v:.1f}" for k, v in out["warm_click_breakdown_ms"].items()), flush=True)
         print(f"served warm click            p50={out['warm_click']['p50_ms']:8.1f} ms  "
               f"p99={out['warm_click']['p99_ms']:8.1f} ms  (vision calls: {out['warm_vision_calls']})", flush=True)
+        if profile_s > 0:
+            out["profiled_warm_click"] = profile_replicas(tmp, profile_s, profile_prefix,
+                                                          lambda i: click(warm_id, i))
+        if warm_only:
+            return finish_served(out, handle, port, floor_iters)
         cold_ids = [upload(1000 + i, False) for i in range(cold)]
         hits = []
 
@@ -216,17 +226,74 @@ def bench_served(model_dir: str, clicks: int, cold: int, num_gpus: float, *, flo
             print(f"served c={conc}  p50={row['p50_ms']:7.1f} ms  {row['clicks_per_s']:7.1f} clicks/s  "
                   f"batch={row['mean_batch_size']:.2f}", flush=True)
         out["concurrent_warm_clicks"] = conc_rows
-        out["replica_stats"] = handle.debug_stats.remote().result()
-        if floor_iters > 0:
-            from bench_floor import run_floor
-
-            size = handle.info.remote().result().image_size
-            serve.delete("sam3")  # the floor runs alone, like the service did
-            out["floor"] = run_floor(port, size=size, iters=floor_iters)
+        return finish_served(out, handle, port, floor_iters)
     finally:
         stop_ray(tmp)
         shutil.rmtree(store, ignore_errors=True)
+
+
+def finish_served(out: dict, handle, port: int, floor_iters: int) -> dict:
+    """The replica's counters, then (floor_iters > 0) the floor in the same Ray, the sam3 app deleted first."""
+    from ray import serve
+
+    out["replica_stats"] = handle.debug_stats.remote().result()
+    if floor_iters > 0:
+        from bench_floor import run_floor
+
+        size = handle.info.remote().result().image_size
+        serve.delete("sam3")  # the floor runs alone, like the service did
+        out["floor"] = run_floor(port, size=size, iters=floor_iters)
     return out
+
+
+def replica_pids(ray_tmp: str, app: str = "sam3") -> dict[str, int]:
+    """PIDs of this Ray's (temp dir `ray_tmp`) Sam3Ingress and ClickSegmenter replicas: worker processes named
+    ray::ServeReplica:<app>:<deployment> whose raylet runs from `ray_tmp` (other Rays may run on the box)."""
+    import psutil
+
+    pids: dict[str, int] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            for name in ("Sam3Ingress", "ClickSegmenter"):
+                parent = proc.parent() if f"ServeReplica:{app}:{name}" in cmd else None
+                if parent is not None and ray_tmp in " ".join(parent.cmdline()):
+                    pids[name] = proc.info["pid"]
+        except (psutil.Error, OSError):
+            continue
+    return pids
+
+
+def profile_replicas(ray_tmp: str, seconds: float, prefix: str, click) -> dict:
+    """py-spy record (200 Hz) of the ingress and the ClickSegmenter while `click(i)` runs for `seconds` at
+    1 client; writes `prefix`-<deployment>.svg (flame graph) and .txt (collapsed stacks). Returns the clicks'
+    latency summary and the files."""
+    import shutil
+    import subprocess
+
+    if shutil.which("py-spy") is None:
+        print("profile: py-spy is not installed (pip install py-spy), skipped", flush=True)
+        return {}
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    procs, files = [], []
+    for name, pid in replica_pids(ray_tmp).items():
+        for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
+            path = f"{prefix}-{name}.{ext}"
+            files.append(path)
+            procs.append(subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200", "-d", str(int(seconds)),
+                                           "-f", fmt, "-o", path, "--nonblocking"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # py-spy attached
+    lat, end, i = [], time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        click(i)
+        lat.append((time.perf_counter() - t) * 1e3)
+        i += 1
+    for p in procs:
+        p.wait()
+    print(f"profile: {len(lat)} warm clicks under py-spy -> {', '.join(files)}", flush=True)
+    return {**summary(lat), "files": files}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -267,13 +334,20 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=20, help="cold images (first click each)")
     parser.add_argument("--floor-iters", type=int, default=50, help="floor requests at 1 client (0: no floor)")
     parser.add_argument("--deploy-timeout", type=float, default=300.0, help="seconds for the app to be RUNNING")
+    parser.add_argument("--warm-only", action="store_true", help="served: warm clicks only (+ the floor)")
+    parser.add_argument("--routing", choices=["consistent_hash", "default"], default="consistent_hash",
+                        help="click.routing of the served app")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="py-spy the ingress and ClickSegmenter replicas for SECONDS of warm clicks")
     args = parser.parse_args()
     model_dir, cuda, header = setup(args)
     result = {**header, "image": f"{W}x{H} JPEG", "model_only": bench_model(model_dir, args.iters, args.device)}
     if not args.skip_served:
         try:
             result["served"] = bench_served(model_dir, args.clicks, args.cold, 1 if cuda else 0,
-                                            floor_iters=args.floor_iters, deploy_timeout_s=args.deploy_timeout)
+                                            floor_iters=args.floor_iters, deploy_timeout_s=args.deploy_timeout,
+                                            warm_only=args.warm_only, routing=args.routing, profile_s=args.profile,
+                                            profile_prefix=str(Path(args.out).with_suffix("")) + "-profile")
         except DeployError as exc:
             sys.exit(f"bench_click: {exc}")
         served = result["served"]

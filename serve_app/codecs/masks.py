@@ -68,6 +68,14 @@ _REL_MARGIN_VALUES, _REL_MARGIN_THRESHOLD = 1e-5, 1e-4
 _MIN_SPAN = 8  # cv2.resize treats 1-pixel-wide images differently: windows and row bands are never that thin
 
 
+def _transposed(mask: np.ndarray) -> np.ndarray:
+    """bool (h,w) -> bool (w,h), C-contiguous: cv2's transpose of the bytes, ~20x faster than numpy's copy of
+    a transposed bool view (~0.9 ms for a 1024x768 crop)."""
+    if mask.size == 0 or mask.ndim != 2:
+        return np.ascontiguousarray(mask.T)
+    return cv2.transpose(np.ascontiguousarray(mask).view(np.uint8)).view(bool)
+
+
 @dataclass(frozen=True)
 class MaskWindow:
     """One instance's bool mask at the image size (height, width), kept as its tight crop.
@@ -109,7 +117,7 @@ class MaskWindow:
         # Column-major runs of ones: each crop column padded with a False above and below, so the changes
         # alternate start, end; positions in the whole image's column-major order.
         cols = np.zeros((w, h + 2), dtype=bool)
-        cols[:, 1:-1] = self.crop.T
+        cols[:, 1:-1] = _transposed(self.crop)
         flat = cols.reshape(-1)
         change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
         col, row = np.divmod(change, h + 2)

@@ -51,8 +51,10 @@ class CacheMetrics:
             if delta > 0:
                 counter.inc(delta)
             self._seen[key] = stats[key]  # a debug_reset lowers it: start counting from there
-        self.bytes.set(stats["cache_bytes"])
-        self.entries.set(stats["cache_entries"])
+        for key, gauge in (("cache_bytes", self.bytes), ("cache_entries", self.entries)):
+            if self._seen.get(key) != stats[key]:  # a warm click changes neither: no Ray metric call for it
+                gauge.set(stats[key])
+                self._seen[key] = stats[key]
 
 
 def tenant_of(cache_key: str) -> str:

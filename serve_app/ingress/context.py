@@ -75,6 +75,7 @@ def context_of(conn: HTTPConnection) -> IngressContext:
     return ctx if tenant is None else ctx.for_tenant(tenant)
 
 
-def get_context(request: Request) -> IngressContext:
-    """FastAPI dependency: the replica's IngressContext for the request's tenant."""
+async def get_context(request: Request) -> IngressContext:
+    """FastAPI dependency: the replica's IngressContext for the request's tenant (async: FastAPI runs a sync
+    dependency in its thread pool, a hand-off per request for a dict lookup)."""
     return context_of(request)

@@ -10,10 +10,13 @@ error classes; serve_app.ingress.error_handling turns them into responses (and a
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from serve_app.errors import Overloaded, Sam3Error, Timeout, Unavailable
 from serve_app.model.types import ModelInfo
+
+_TIMEOUT_CM = sys.version_info >= (3, 11)  # asyncio.timeout
 
 
 def translate_handle_error(exc: BaseException) -> Sam3Error | None:
@@ -60,6 +63,9 @@ class ModelClient:
         handle = self.handle.options(session_id=routing_key) if routing_key is not None else self.handle
         response = getattr(handle, method).remote(*args)
         try:
+            if _TIMEOUT_CM:  # the deadline on this task: no extra task per call as wait_for makes (< 3.12)
+                async with asyncio.timeout(self.timeout_s):
+                    return await response
             return await asyncio.wait_for(response, self.timeout_s)
         except asyncio.CancelledError:
             response.cancel()

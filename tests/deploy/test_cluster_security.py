@@ -165,7 +165,8 @@ def test_network_policies_follow_the_values(rendered):
     nps = kube.by_kind(docs, "NetworkPolicy")
     ray = checks.ray_pods_peer("sam3")  # the release name (fullnameOverride renames objects, not the instance)
     pods = {g: kube.kuberay_pod_labels(rs, g) for g in kube.pod_templates(rs)}
-    rules = {g: (checks.policy_rules(nps, l, "Ingress"), checks.policy_rules(nps, l, "Egress")) for g, l in pods.items()}
+    rules = {g: (checks.policy_rules(nps, labels, "Ingress"), checks.policy_rules(nps, labels, "Egress"))
+             for g, labels in pods.items()}
     operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}},
                 "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator",
                                                 "app.kubernetes.io/name": "kuberay"}}}  # the kustomize install's labels

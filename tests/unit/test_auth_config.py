@@ -461,7 +461,9 @@ def test_helm_auth_values_reach_the_app_and_only_the_ingress_pods_mount_the_keys
     rs = rendered_rayservice("-f", str(CI_VALUES))  # ci values: api_keys with existingSecret sam3-api-keys
     args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["auth"] == {"mode": "api_keys", "keys_file": "/etc/sam3-serve/auth/keys.yaml", "public_docs": False,
-                            "cors_origins": ["https://app.ci.example.com"]}
+                            "cors_origins": ["https://app.ci.example.com"],  # + quotas, passed through app.auth
+                            "quotas": {"requests_per_s": 20, "burst": 40, "max_concurrent_jobs": 10},
+                            "tenant_quotas": {"acme": {"requests_per_s": 100}}}
     AppConfig.model_validate(args)
     for name, template in kube.pod_templates(rs).items():
         spec = template["spec"]

@@ -3,17 +3,17 @@ image by id (uploaded, embedding cached) or by reference."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from serve_app.codecs.image_decode import DecodedImage
 from serve_app.config import AppConfig
 from serve_app.ingress.body import image_body_limit, read_json_model
-from serve_app.ingress.context import IngressContext, get_context
+from serve_app.ingress.context import IngressContext, context_of
 from serve_app.ingress.error_handling import request_id_of
 from serve_app.ingress.openapi import json_request_body
-from serve_app.ingress.responses import json_response
+from serve_app.ingress.responses import json_body_response
 from serve_app.pipelines.click import validate_objects
 from serve_app.schemas import ClickImageRequest, ClickImageResponse, ErrorBody, ImageByIdOrRef
 from serve_app.storage import keys
@@ -52,8 +52,12 @@ async def resolve_image(ctx: IngressContext, req: ImageByIdOrRef) -> tuple[str, 
     description="Points/boxes are pixels of the original (EXIF-rotated) image. Send each object's "
     "`mask_input` from the previous answer with the next click to refine it.",
 )
-async def segment_clicks(request: Request, ctx: Annotated[IngressContext, Depends(get_context)]) -> Response:
+async def segment_clicks(request: Request) -> Response:
+    # the context without a dependency: FastAPI runs a sync dependency (get_context) in its thread pool, a
+    # thread hand-off per click for a dict lookup
+    ctx = context_of(request)
     req = await read_json_model(request, ClickImageRequest, body_limit(ctx.config))
     validate_objects(req, ctx.config.click)  # before any image I/O
     image_id, image = await resolve_image(ctx, req)
-    return await json_response(await ctx.click.segment(image_id, image, req, request_id_of(request)))
+    # encoded and serialised in one step (ClickPipeline.segment_json); no response_model validation
+    return json_body_response(await ctx.click.segment_json(image_id, image, req, request_id_of(request)))
