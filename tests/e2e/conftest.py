@@ -36,8 +36,11 @@ def app_url(request) -> str:
     return os.environ.get("SAM3_E2E_URL") or request.getfixturevalue("serve_url")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator:
+    """One Chromium for the tests of this folder, closed when they are done: Playwright's sync API keeps an
+    asyncio loop running in the main thread while it is open, which would break later tests that run their own
+    loop (asyncio.run, Ray's sync `.result()`)."""
     # CI (CI=1, set by .ci/run) must run these: a missing browser fails there instead of skipping
     missing = pytest.fail if os.environ.get("CI") else pytest.skip
     try:
