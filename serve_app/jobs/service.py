@@ -200,9 +200,13 @@ class JobService:
                 raise
         return self._create(job_id, kind, input, body_sha256, idem_hash, now or utcnow())
 
+    def active_count(self, limit: int) -> int:
+        """How many of this tenant's jobs are queued or running (their active markers), counted up to `limit`."""
+        return len(self.store.list(keys.active_jobs_prefix(self.tenant), limit=limit))
+
     def _check_active(self, max_active: int) -> None:
         """QuotaRefused when `max_active` of this tenant's jobs are queued or running."""
-        active = len(self.store.list(keys.active_jobs_prefix(self.tenant), limit=max_active))
+        active = self.active_count(max_active)
         if active >= max_active:
             raise QuotaRefused(f"tenant {self.tenant} has {active} job(s) queued or running, its limit "
                                "max_concurrent_jobs; submit again when one has ended",

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends
 
 from serve_app.ingress.context import IngressContext, get_context
 from serve_app.schemas import ErrorBody, QuotaLimits, QuotaUsage, QuotaView
-from serve_app.storage import keys
 
 router = APIRouter(tags=["quotas"])
 
@@ -26,7 +25,6 @@ async def get_quotas(ctx: Annotated[IngressContext, Depends(get_context)]) -> Qu
     limits = ctx.config.auth.quota_of(ctx.tenant)
     usage = QuotaUsage.model_validate(await ctx.quotas.usage(ctx.tenant) or {})
     if limits.max_concurrent_jobs is not None:
-        listed = await asyncio.to_thread(ctx.services.store.list, keys.active_jobs_prefix(ctx.tenant),
-                                         limit=limits.max_concurrent_jobs + 1)
-        usage = usage.model_copy(update={"active_jobs": len(listed)})
+        active = await asyncio.to_thread(ctx.services.jobs.active_count, limits.max_concurrent_jobs + 1)
+        usage = usage.model_copy(update={"active_jobs": active})
     return QuotaView(tenant=ctx.tenant, limits=QuotaLimits.model_validate(limits.model_dump()), usage=usage)
