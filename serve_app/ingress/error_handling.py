@@ -22,12 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.errors import Sam3Error, format_validation_errors
 
 log = logging.getLogger("serve_app.ingress")
 
 REQUEST_ID_HEADER = "x-request-id"
+_RID_BYTES = REQUEST_ID_HEADER.encode("latin-1")
 DEFAULT_RETRY_AFTER_S = 2  # only when the app has no config (never behind Serve)
 
 
@@ -36,7 +38,7 @@ def request_id_of(request: Request) -> str:
 
 
 def connection_request_id(conn: HTTPConnection) -> str:
-    """The request id of a request or a WebSocket, for code that runs outside request_id_middleware's reach (pure
+    """The request id of a request or a WebSocket, for code that runs outside RequestIdMiddleware's reach (pure
     ASGI middleware, WebSocket handshakes): the id the middleware put on the request, else the x-request-id the
     client (or the Serve proxy) sent, first 128 characters, else a new one."""
     rid = getattr(conn.state, "request_id", None)
@@ -48,7 +50,7 @@ def connection_request_id(conn: HTTPConnection) -> str:
 
 def error_response(request_id: str, status: int, code: str, message: str,
                    retry_after_s: int | None = None, limit: str | None = None) -> JSONResponse:
-    """The error body; x-request-id is not set here (request_id_middleware or the Serve proxy sets it once).
+    """The error body; x-request-id is not set here (RequestIdMiddleware or the Serve proxy sets it once).
     `limit`: for a quota refusal (429), the name of the tenant's limit it hit (body `error.limit`)."""
     headers: dict[str, str] = {}
     if retry_after_s is not None:
@@ -94,25 +96,53 @@ def behind_serve_proxy() -> bool:
     return True
 
 
+class RequestIdMiddleware:
+    """Pure ASGI (no task group or memory streams per request, unlike `@app.middleware("http")`): puts the
+    request id on `request.state.request_id` (the incoming x-request-id, first 128 characters, else a new
+    one) and, with `echo`, on the response. Behind the Serve proxy the header is always present (the client's,
+    or one the proxy generated) and the proxy appends it to the response: adding ours too would send it
+    twice, so `echo` is off there. An exception raised past the exception handlers (in the middleware chain
+    itself) becomes the usual error body when no response has started; after that it propagates."""
+
+    def __init__(self, app: ASGIApp, echo: bool):
+        self.app = app
+        self.echo = echo
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        rid = incoming[:128] if incoming else uuid.uuid4().hex
+        request.state.request_id = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if self.echo:
+                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _RID_BYTES]
+                    headers.append((_RID_BYTES, rid.encode("latin-1")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise
+            await _unhandled(request, exc)(scope, receive, send_with_id)
+
+
+
 def install_error_handling(app: FastAPI) -> None:
     """Request-id middleware + exception handlers on `app`."""
     # Decided once, when the replica builds its app (Serve sets the replica context before that).
     echo_request_id = not behind_serve_proxy()
 
-    @app.middleware("http")
-    async def request_id_middleware(request: Request, call_next):
-        # Behind the Serve proxy the header is always present (the client's, or one the proxy generated)
-        # and the proxy appends it to the response: adding ours too would send it twice. Standalone, we
-        # echo the client's id or a generated one ourselves.
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        request.state.request_id = incoming[:128] if incoming else uuid.uuid4().hex
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # raised past the handlers (in the middleware stack itself)
-            response = _unhandled(request, exc)
-        if echo_request_id:
-            response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
+    app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
 
     @app.exception_handler(Sam3Error)
     async def _sam3(request: Request, exc: Sam3Error):

@@ -212,3 +212,69 @@ def test_large_json_bodies_are_parsed_off_the_event_loop(client, monkeypatch):
     big = {**small, "padding_that_is_not_a_field": "x" * (body_module.INLINE_PARSE_BYTES + 1)}
     r = client.post("/v1/pcs/image", json=big)
     assert r.status_code == 422 and len(calls) == 1  # an unknown field: rejected, by the pool's parse
+
+
+def _app_with_inner_middleware(inner) -> TestClient:
+    """create_app's app with `inner` (a pure ASGI wrapper) put around its router: inside every middleware and
+    past the exception handlers' reach (Starlette's ExceptionMiddleware handles only what routes raise)."""
+    app = create_app()
+
+    @app.get("/ok")
+    async def ok():
+        return {"ok": True}
+
+    app.router = inner(app.router)  # type: ignore[assignment]  # the router is the innermost ASGI app
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_request_id_is_echoed_exactly_once_even_when_a_route_sets_its_own():
+    app = create_app()
+
+    @app.get("/own")
+    async def own():
+        from fastapi.responses import JSONResponse
+        return JSONResponse({}, headers={"x-request-id": "route-made"})
+
+    client = TestClient(app)
+    r = client.get("/own", headers={"x-request-id": "client-rid"})
+    assert r.headers.get_list("x-request-id") == ["client-rid"]
+    long = "a" * 300
+    assert client.get("/own", headers={"x-request-id": long}).headers.get_list("x-request-id") == [long[:128]]
+    generated = client.get("/own").headers.get_list("x-request-id")
+    assert len(generated) == 1 and len(generated[0]) == 32 and generated[0] != "route-made"
+
+
+def test_request_id_middleware_sends_nothing_extra_behind_the_proxy():
+    """echo=False (inside a Serve replica): the proxy appends the header; the app must not add a second."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from serve_app.ingress.error_handling import RequestIdMiddleware
+
+    async def seen(request):
+        return PlainTextResponse(request.state.request_id)
+
+    app = RequestIdMiddleware(Starlette(routes=[Route("/", seen)]), echo=False)
+    r = TestClient(app).get("/", headers={"x-request-id": "from-proxy"})
+    assert r.text == "from-proxy" and "x-request-id" not in r.headers
+
+
+def test_an_error_raised_in_the_middleware_chain_gets_the_error_body_and_request_id(caplog):
+    """Raised past the exception handlers (in a middleware, before any response): 500 internal_error with the
+    request id, not a bare 'Internal Server Error'; the next request is served."""
+
+    def failing(app):
+        async def asgi(scope, receive, send):
+            if scope["type"] == "http" and scope["path"] == "/ok" and scope.get("query_string") == b"fail=1":
+                raise RuntimeError("secret middleware detail")
+            await app(scope, receive, send)
+        return asgi
+
+    client = _app_with_inner_middleware(failing)
+    r = client.get("/ok?fail=1", headers={"x-request-id": "rid-mw"})
+    assert r.status_code == 500
+    assert r.json()["error"] == {"code": "internal_error", "request_id": "rid-mw",
+                                 "message": "internal error; quote the request id when reporting it"}
+    assert r.headers.get_list("x-request-id") == ["rid-mw"] and "secret" not in r.text
+    assert client.get("/ok").json() == {"ok": True}
