@@ -107,6 +107,13 @@ class ClickSegmenter(ModelDeployment):
         self._cache_metrics.export(self.runner.debug_stats())
         return answers
 
+    def forget(self, cache_key: str) -> bool:
+        """Drop the embedding of a deleted image from this replica's cache; True if it was cached here."""
+        dropped = self.runner.forget(cache_key)
+        if dropped:
+            self._cache_metrics.export(self.runner.debug_stats())
+        return dropped
+
     def debug_resize_cache(self, max_bytes: int) -> int:
         """Resize this replica's embedding cache now (the config value applies at restart). Returns the
         number of embeddings evicted."""

@@ -219,6 +219,10 @@ class ClickRunner:
         self.cache.clear()
         self.cache.reset_stats()
 
+    def forget(self, cache_key: str) -> bool:
+        """Drop `cache_key`'s cached embedding (its image was deleted); True if this replica held it."""
+        return self.cache.discard(cache_key)
+
     def resize_cache(self, max_bytes: int) -> int:
         return len(self.cache.resize(max_bytes))
 

@@ -99,6 +99,15 @@ class EmbeddingCache:
             self._sync()
             return evicted
 
+    def discard(self, key: str) -> bool:
+        """Drop `key` (its image was deleted); True if it was cached. Not counted as an eviction."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is not None:
+                self._bytes -= item[1]
+                self._sync()
+            return item is not None
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

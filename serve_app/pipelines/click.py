@@ -248,6 +248,13 @@ class ClickPipeline:
         """The ConsistentHashRouter key that sends `key` to the replica that caches it (None: no affinity)."""
         return key if self.cfg.routing == "consistent_hash" else None
 
+    async def forget(self, image_id: str) -> bool:
+        """Drop a deleted image's embedding from the replica that caches it (the one its routing key leads to;
+        with `click.routing: default` any replica may hold it, and only the one the call reaches drops it).
+        True if that replica held it."""
+        key = self.cache_key(image_id)
+        return bool(await self.model.call("forget", key, routing_key=self._routing_key(key)))
+
     async def pixels(self, image: DecodedImage) -> np.ndarray:
         info = await self.model.info()
         return await run_cpu(resize_square, image.rgb, info.image_size)

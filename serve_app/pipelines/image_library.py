@@ -177,8 +177,8 @@ class ImageLibrary:
         return entries, (page[limit - 1].key[len(prefix):] if len(page) > limit else None)
 
     async def delete_stored(self, image_id: str) -> None:
-        """Delete a stored image. NotFound image_not_found; InvalidInput invalid_image_id. An embedding of it
-        cached on a click replica is not dropped: it is evicted by the cache's own policy."""
+        """Delete a stored image. NotFound image_not_found; InvalidInput invalid_image_id. (Its cached
+        embedding is dropped by the route: ClickPipeline.forget.)"""
         key = keys.image_key(self.tenant, keys.validate_sha256(image_id))
         try:
             await run_io(self.store.head, key)

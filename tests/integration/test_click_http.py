@@ -174,6 +174,27 @@ def test_cache_miss_recomputes_from_storage(serve_url, cold_click_cache):
     assert debug_stats(handle)["vision_calls"] - before["vision_calls"] == 1
 
 
+def test_deleting_an_image_drops_its_cached_embedding(serve_url, cold_click_cache):
+    """DELETE /v1/images/{id} also drops the embedding from the click replica: clicks and automatic masks on
+    that id then get 404 image_not_found (not an answer from the cache); uploading the bytes again works."""
+    handle = cold_click_cache
+    data = png_bytes(90, 60, seed=77)
+    iid = upload(serve_url, data, precompute="true")["image_id"]
+    body = {"image_id": iid, "objects": [{"points": [[40, 30]], "point_labels": [1]}]}
+    assert click(serve_url, body)["cache_hit"]
+    assert debug_stats(handle)["cache_entries"] == 1
+    r = requests.delete(f"{serve_url}/v1/images/{iid}", timeout=T)
+    assert r.status_code == 204, r.text
+    s = debug_stats(handle)
+    assert (s["cache_entries"], s["cache_bytes"]) == (0, 0)
+    for route, extra in (("/v1/pvs/image", {"objects": body["objects"]}), ("/v1/auto/image", {})):
+        r = requests.post(serve_url + route, json={"image_id": iid, **extra}, timeout=T)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "image_not_found", r.text
+        assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+    assert upload(serve_url, data)["image_id"] == iid
+    assert click(serve_url, body)["objects"]
+
+
 def test_eviction_under_a_tiny_cache_still_answers_correctly(serve_url, cold_click_cache):
     """Shrink the live replica's cache to ~1.5 tiny embeddings: every new image evicts the previous one,
     and clicks on evicted images are recomputed from storage with the same answers. The fixture restores

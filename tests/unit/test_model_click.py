@@ -235,6 +235,16 @@ def test_embedding_cache_resize_evicts_oldest():
     assert c.resize(35) == ["b"] and c.put("d", "d", 30) == ["c"] and c.nbytes == 30
 
 
+def test_embedding_cache_discard_drops_one_key_without_counting_an_eviction():
+    c = EmbeddingCache(100)
+    for k in "abc":
+        c.put(k, k, 30)
+    assert c.discard("b") and not c.discard("b") and not c.discard("zz")
+    stats = c.stats()
+    assert c.keys() == ["a", "c"] and c.nbytes == 60 and (stats.entries, stats.bytes, stats.evictions) == (2, 60, 0)
+    assert c.get("b") is None and c.put("d", "d", 40) == []  # the freed bytes are usable
+
+
 def test_bfloat16_path_runs_end_to_end(tiny_model_dir):
     """The GPU dtype (bf16) on CPU: points/boxes stay fp32 until normalised, mask inputs are cast, outputs are
     fp16/fp32 numpy, and the cache accounts the halved embedding size."""

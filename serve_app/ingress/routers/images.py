@@ -99,9 +99,14 @@ async def list_images(ctx: Annotated[IngressContext, Depends(get_context)],
     responses={code: {"model": ErrorBody} for code in (400, 404, 422, 503)},
     summary="Delete a stored image",
     description="404 image_not_found when it is not stored. Requests that read it by image_id then get 404 "
-    "image_not_found, except clicks/automatic masks answered from an embedding a click replica still caches "
-    "(until it is evicted).",
+    "image_not_found: its cached embedding is dropped from the click replica that holds it (with "
+    "`click.routing: consistent_hash`, the default; with `default` routing another replica's copy may answer "
+    "clicks until it is evicted).",
 )
 async def delete_image(image_id: str, ctx: Annotated[IngressContext, Depends(get_context)]) -> Response:
     await ctx.services.images.delete_stored(image_id)
+    try:
+        await ctx.click.forget(image_id)
+    except (Overloaded, Unavailable, Timeout) as exc:  # the image is gone; its embedding ages out of the LRU
+        log.warning("image %s deleted, its cached embedding not dropped: %s %s", image_id, exc.code, exc.message)
     return Response(status_code=204)
