@@ -87,6 +87,17 @@ def redacted_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def scratch_dir(prefix: str) -> str:
+    """A new temporary directory removed when the process exits (checkpoints the benchmark builds: a
+    full-random one is 3.4 GB; storage dirs of the served runs)."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
     """(checkpoint dir, whether CUDA is used, the result's header: command, model, device, torch)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +105,7 @@ def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
 
     from serve_app.devtools.tiny_model import build_tiny_checkpoint
 
-    model_dir = args.model_dir or str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="bench-ckpt-"),
+    model_dir = args.model_dir or str(build_tiny_checkpoint(scratch_dir("bench-ckpt-"),
                                                             full_size=args.model == "full-random"))
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"

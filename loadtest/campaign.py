@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -39,7 +38,7 @@ from typing import Any
 
 import bench_concept
 import campaign_model as cm
-from bench_common import REPO, pyplot
+from bench_common import REPO, pyplot, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -178,7 +177,7 @@ def build_checkpoint(model: str, device: str) -> str:
 
     # +10 on the tracker's object-score head: random trackers otherwise say "no object" on every frame, so
     # clicks and video would track nothing (same checkpoint as bench_video's).
-    path = build_tiny_checkpoint(tempfile.mkdtemp(prefix="campaign-ckpt-"), full_size=model == "full-random",
+    path = build_tiny_checkpoint(scratch_dir("campaign-ckpt-"), full_size=model == "full-random",
                                  object_score_bias=10.0, init_device=device)
     return str(path)
 
