@@ -10,6 +10,10 @@ with random weights (the cost of facebook/sam3) and belongs on a GPU machine.
 Sections
 - model_only: ConceptRunner.run on B images x P prompts (no Ray, no HTTP): ms per batch, images/s.
 - mask_encoding: upsample + COCO RLE of n masks at 1024x768 on CPU (work the ingress does).
+- kept_masks: the replica's post-processing of a detector call at facebook/sam3's output size (P pairs x 200
+  queries x 288x288 mask logits, 10 kept per pair) on the benchmark's device: the former per-pair path
+  (sigmoid over every query, then a gather and a device-to-host copy per pair) vs `_kept_mask_probs` (one
+  gather of the kept queries, sigmoid, one copy); bit-identical outputs (checked).
 - served: a local Ray Serve app built by build_app, C concurrent HTTP clients on 127.0.0.1: latency
   percentiles, requests/s and the batch sizes the model replica actually formed.
   timings_c1_ms / model_work_c1: the replica's own timings_ms at 1 client (model work = vision_ms + detector_ms).
@@ -206,6 +210,47 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def bench_kept_masks(iters: int, device: str) -> list[dict]:
+    """kept_masks (module docstring): old vs new at P = 1, 8, 16 pairs, interleaved."""
+    import torch
+
+    from serve_app.model.concept import _kept_mask_probs
+
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the runner's default dtype there
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for pairs in (1, 8, 16):
+        logits = torch.randn(pairs, 200, 288, 288, generator=gen).to(dev, dtype)
+        picks = {i: torch.randperm(200, generator=gen)[:10] for i in range(pairs)}
+
+        def old() -> list[np.ndarray]:
+            probs = logits.float().sigmoid()
+            return [probs[i][picks[i].to(dev)].to(torch.float16).cpu().numpy() for i in range(pairs)]
+
+        def new() -> list[np.ndarray]:
+            out = _kept_mask_probs(logits, picks)
+            return [out[i] for i in range(pairs)]
+
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(old(), new()))
+        lat: dict[str, list[float]] = {"old": [], "new": []}
+        for _ in range(iters):
+            for name, fn in (("old", old), ("new", new)):
+                sync()
+                t = time.perf_counter()
+                fn()
+                sync()
+                lat[name].append((time.perf_counter() - t) * 1e3)
+        row = {"pairs": pairs, "queries": 200, "mask": 288, "kept_per_pair": 10, "dtype": str(dtype),
+               "device": dev.type, "old": summary(lat["old"]), "new": summary(lat["new"])}
+        row["speedup_p50"] = row["old"]["p50_ms"] / row["new"]["p50_ms"]
+        rows.append(row)
+        print(f"kept masks  P={pairs:2d}  old p50={row['old']['p50_ms']:8.2f} ms  new p50={row['new']['p50_ms']:7.2f} ms"
+              f"  x{row['speedup_p50']:.1f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = base_parser(__doc__, "loadtest/results/pcs.json")
     parser.add_argument("--prompts", type=int, default=2, help="prompts per image")
@@ -217,7 +262,8 @@ def main() -> None:
     model_dir, cuda, header = setup(args)
     result = {**header, "image": "1024x768 JPEG", "prompts_per_image": args.prompts,
               "model_only": bench_model(model_dir, args.prompts, args.iters, args.device),
-              "mask_encoding": bench_masks(max(3, args.iters // 4))}
+              "mask_encoding": bench_masks(max(3, args.iters // 4)),
+              "kept_masks": bench_kept_masks(max(3, args.iters // 4), "cuda" if cuda else "cpu")}
     if not args.skip_served:
         try:
             served = served_session(model_dir, args.prompts, args.per_client, 1 if cuda else 0,

@@ -66,6 +66,38 @@ def test_outputs_are_sorted_thresholded_and_capped(runner):
     assert all(len(i.scores) == 0 and i.mask_probs.shape == (0, 32, 32) for i in res)
 
 
+def test_kept_masks_are_bit_identical_to_sigmoid_then_gather_per_pair(runner, monkeypatch):
+    """_kept_mask_probs gathers every kept mask of a detector call at once before the sigmoid: the float16
+    probabilities equal the former per-pair path (sigmoid over all queries, gather, cast) bit for bit, for
+    thresholds/caps that keep all, some and none of a pair's queries, across chunks (max_pairs_per_forward 3)."""
+    outputs = []
+    forward = runner.model.forward
+
+    def capture(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        outputs.append(out)
+        return out
+
+    monkeypatch.setattr(runner.model, "forward", capture)
+    reqs = [make_request(0, ("car", "dog"), threshold=0.0, max_instances=7),
+            make_request(1, ("cat", "tree"), threshold=0.999),
+            make_request(2, ("house",), threshold=0.0, max_instances=100)]
+    answers = runner.segment_batch(reqs)
+    got = [inst.mask_probs for a in answers for inst in a.results]
+    expected = []
+    for out in outputs:  # one per chunk, pairs in request/prompt order
+        scores = (out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid())
+        for i in range(scores.shape[0]):
+            req = reqs[[0, 0, 1, 1, 2][len(expected)]]
+            keep = torch.nonzero(scores[i] > req.threshold).flatten()
+            keep = keep[scores[i][keep].argsort(descending=True, stable=True)][: req.max_instances]
+            expected.append(out.pred_masks.float().sigmoid()[i][keep].to(torch.float16).numpy())
+    queries = outputs[0].pred_logits.shape[1]  # threshold 0 keeps every query (scores > 0)
+    assert [m.shape[0] for m in got] == [7, 7, 0, 0, queries] == [m.shape[0] for m in expected]
+    for ours, ref in zip(got, expected):
+        assert ours.dtype == np.float16 and ours.tobytes() == ref.tobytes()
+
+
 def test_batched_equals_unbatched_and_encodes_each_image_once(runner):
     reqs = [make_request(0, ("car", "dog")), make_request(1, ("cat", box_prompt())), make_request(2, (box_prompt("dog"),))]
     single = [runner.segment_batch([r])[0] for r in reqs]
