@@ -14,6 +14,8 @@ Users (weights = share of the simulated population):
   PyAV), prompts a random frame (a text prompt or clicks on 1-3 objects; 409 session_starting is retried and
   counted apart), propagates both ways reading the whole NDJSON stream, scrubs a few frames (GET frames/{i})
   and stored masks, then deletes the session.
+- LibraryUser (1): lists images and videos, opens the newest video, reads /v1/storage/usage and /v1/quotas,
+  uploads an image of its own and deletes it.
 - ExportUser (1): prepares one such session once (create, prompt frame 0, propagate), then exports it again and
   again as COCO (POST /v1/video/sessions/{sid}/exports -> a video_export job), polls the job until it
   succeeded and downloads the ZIP from export_url (checked: manifest + instances.json of every frame); the
@@ -200,6 +202,62 @@ class JobUser(ApiUser):
             if status == "succeeded":
                 return
             time.sleep(self.poll_s)
+
+
+class LibraryUser(ApiUser):
+    """Browses the media library and the tenant's accounts (what a dashboard or the web page's library tab
+    does): each visit lists images and videos, opens the newest video, reads storage usage and quotas, and
+    uploads an image of its own (unique bytes) and deletes it again."""
+
+    weight = 1
+    wait_time = between(0.5, 2.0)
+
+    @task
+    def visit(self) -> None:
+        self.browse()
+        self.accounts()
+        self.upload_and_delete()
+
+    def browse(self) -> None:
+        with self.client.get("/v1/images", params={"limit": 50}, name="library images", catch_response=True) as r:
+            images = r.json().get("images") if r.status_code == 200 else None
+            check(r, isinstance(images, list) and all(len(e["image_id"]) == 64 and e["size_bytes"] > 0
+                                                      for e in images), "image entries")
+        with self.client.get("/v1/videos", params={"limit": 20}, name="library videos", catch_response=True) as r:
+            videos = r.json().get("videos") if r.status_code == 200 else None
+            if not check(r, isinstance(videos, list) and all(len(v["video_id"]) == 64 for v in videos),
+                         "video entries"):
+                return
+        if videos:
+            vid = videos[0]["video_id"]
+            with self.client.get(f"/v1/videos/{vid}", name="library video", catch_response=True) as r:
+                # 404: deleted meanwhile by another user's cleanup
+                if r.status_code == 404:
+                    r.success()
+                else:
+                    check(r, r.status_code == 200 and r.json().get("video_id") == vid, "the listed video")
+
+    def accounts(self) -> None:
+        with self.client.get("/v1/storage/usage", name="storage usage", catch_response=True) as r:
+            data = r.json() if r.status_code == 200 else {}
+            parts = ("images", "videos", "sessions", "jobs", "results", "exports", "uploads", "other")
+            check(r, bool(data) and data["total"]["objects"] == sum(data[p]["objects"] for p in parts),
+                  "categories summing to the total")
+        with self.client.get("/v1/quotas", name="quotas", catch_response=True) as r:
+            data = r.json() if r.status_code == 200 else {}
+            check(r, isinstance(data.get("tenant"), str) and "limits" in data and "usage" in data,
+                  "tenant, limits and usage")
+
+    def upload_and_delete(self) -> None:
+        data = synthetic_jpeg(random.randrange(1000, 10**9))  # this user's own bytes: nobody else deletes them
+        files = {"file": ("mine.jpg", data, "image/jpeg")}
+        with self.client.post("/v1/images", files=files, params={"precompute": "false"}, name="library upload",
+                              catch_response=True) as r:
+            image_id = r.json().get("image_id") if r.status_code == 200 else None
+            if not check(r, image_id is not None and len(image_id) == 64, "an image_id"):
+                return
+        with self.client.delete(f"/v1/images/{image_id}", name="library delete", catch_response=True) as r:
+            check(r, r.status_code == 204, "204")
 
 
 def valid_frame(frame: dict) -> bool:

@@ -1,5 +1,5 @@
 """The Locust scenarios run headless against the session's Serve app, and every request passes its checks.
-The users are named explicitly (9 users = the weights 3/3/1/1/1 exactly): one VideoUser runs a whole session
+The users are named explicitly (10 users = the weights 3/3/1/1/1/1 exactly): one VideoUser runs a whole session
 (create, prompt, propagate, scrub, delete), one ExportUser prepares a session and exports it as COCO (a
 video_export job, polled, its ZIP downloaded), on the shared app's session actors."""
 
@@ -11,16 +11,17 @@ import sys
 
 from tests.conftest import REPO
 
-USERS = ["ConceptUser", "ClickUser", "JobUser", "VideoUser", "ExportUser"]
+USERS = ["ConceptUser", "ClickUser", "JobUser", "VideoUser", "ExportUser", "LibraryUser"]
 EXPECTED = {"pcs image", "upload image", "pvs first click", "pvs refine click", "job submit", "job poll",
             "video create session", "video propagate", "video frame", "video masks", "video delete session",
-            "video export submit", "video export poll", "video export download", "video export (submit to download)"}
+            "video export submit", "video export poll", "video export download", "video export (submit to download)",
+            "library images", "library videos", "storage usage", "quotas", "library upload", "library delete"}
 
 
 def test_locust_scenarios_pass_their_content_checks(serve_url, tmp_path):
     out = tmp_path / "locust.json"
     cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest/locustfile.py"), *USERS, "--headless",
-           "-u", "9", "-r", "9", "-t", "12s", "--host", serve_url, "--json-file", str(out.with_suffix("")),
+           "-u", "10", "-r", "10", "-t", "12s", "--host", serve_url, "--json-file", str(out.with_suffix("")),
            "--only-summary", "--stop-timeout", "30"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,
                           env={"PATH": "/usr/bin:/bin", "SAM3_IMAGE_SIZE": "320x240", "SAM3_VIDEO_SIZE": "64x48",
