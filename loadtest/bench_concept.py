@@ -210,8 +210,8 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def bench_kept_masks(iters: int, device: str) -> list[dict]:
-    """kept_masks (module docstring): old vs new at P = 1, 8, 16 pairs, interleaved."""
+def bench_kept_masks(iters: int, device: str, pair_counts: tuple[int, ...] = (1, 8, 16)) -> list[dict]:
+    """kept_masks (module docstring): old vs new at P = `pair_counts` pairs, interleaved."""
     import torch
 
     from serve_app.model.concept import _kept_mask_probs
@@ -221,7 +221,7 @@ def bench_kept_masks(iters: int, device: str) -> list[dict]:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for pairs in (1, 8, 16):
+    for pairs in pair_counts:
         logits = torch.randn(pairs, 200, 288, 288, generator=gen).to(dev, dtype)
         picks = {i: torch.randperm(200, generator=gen)[:10] for i in range(pairs)}
 

@@ -17,7 +17,8 @@ JSON. While a section runs on CUDA, GPU busy % and memory are sampled with NVML 
 Sections: environment, checkpoint (build), cold_start (checkpoint on local disk -> runner ready -> first
 answer), concept (batch curve 1-16 at 1 and 2 prompts), concept_variants (CUDA: dtype/TF32/attention/
 torch.compile at batch 1 and 8), click (cold/warm/batched clicks, automatic masks), video (frames/s per
-workload, concurrent sessions per GPU), mask_encoding (CPU), served (floor, concept, click over HTTP).
+workload, concurrent sessions per GPU), mask_encoding (CPU), kept_masks (the concept replica's gather of kept
+masks, old vs new, on the device), served (floor, concept, click over HTTP).
 """
 
 from __future__ import annotations
@@ -370,6 +371,9 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     for r in dig(s, "mask_encoding", "result") or []:
         rows.append((f"mask encoding {r['masks']} masks {r['width']}x{r['height']}", "p50 (CPU), old -> new",
                      f"{r['old']['p50_ms']:.1f} -> {r['new']['p50_ms']:.1f} ms (x{r['speedup_p50']:.1f})"))
+    for r in dig(s, "kept_masks", "result") or []:
+        rows.append((f"concept kept masks, {r['pairs']} pairs x 200 queries ({r['device']})", "p50, old -> new",
+                     f"{r['old']['p50_ms']:.2f} -> {r['new']['p50_ms']:.2f} ms (x{r['speedup_p50']:.1f})"))
     served = dig(s, "served", "result") or {}
     for r in dig(served, "concept", "served") or []:
         rows.append((f"concept served (2 prompts), {r['concurrency']} clients", "p50",
@@ -497,6 +501,8 @@ def run_sections(camp: Campaign, args: argparse.Namespace, model_dir: str, devic
     camp.section("video", lambda: video_section(model_dir, device, 6 if args.quick else frames,
                                                 args.model == "full-random"), needs_s=40)
     camp.section("mask_encoding", lambda: bench_concept.bench_masks(2 if args.quick else 5), needs_s=20)
+    camp.section("kept_masks", lambda: bench_concept.bench_kept_masks(2 if args.quick else 5, device,
+                                                                     (1, 4) if args.quick else (1, 8, 16)), needs_s=10)
     if cuda and not args.quick:
         camp.section("concept_variants", lambda: concept_variants(camp, model_dir, device, iters), needs_s=30)
     if not args.skip_served and ray_installed():
