@@ -104,23 +104,26 @@ class Overloaded(Sam3Error):
 
 class QuotaRefused(Sam3Error):
     """The tenant is over one of its limits (config QuotaConfig): `limit` names it (e.g. "requests_per_s"),
-    `retry_after_s` says when it frees up (or, for concurrency limits, a short hint). Other tenants are not
-    affected."""
+    `retry_after_s` says when it frees up (or, for concurrency limits, a short hint). `free_in_s`: for a
+    limit that frees at a known time (the request rate), the exact seconds until then (float; not sent to
+    clients: the ingress uses it to refuse the tenant's next requests itself until then). Other tenants are
+    not affected."""
 
     status_code = 429
     code = "quota_exceeded"
 
     def __init__(self, message: str, code: str | None = None, *, retry_after_s: int | None = None,
-                 limit: str = ""):
+                 limit: str = "", free_in_s: float | None = None):
         super().__init__(message, code, retry_after_s=retry_after_s)
         self.limit = limit
+        self.free_in_s = free_in_s
 
     def __reduce__(self):
-        return (_rebuild_quota, (type(self), self.message, self.code, self.retry_after_s, self.limit))
+        return (_rebuild_quota, (type(self), self.message, self.code, self.retry_after_s, self.limit, self.free_in_s))
 
 
-def _rebuild_quota(cls, message, code, retry_after_s, limit):
-    return cls(message, code, retry_after_s=retry_after_s, limit=limit)
+def _rebuild_quota(cls, message, code, retry_after_s, limit, free_in_s=None):
+    return cls(message, code, retry_after_s=retry_after_s, limit=limit, free_in_s=free_in_s)
 
 
 class Unavailable(Sam3Error):

@@ -127,10 +127,10 @@ class QuotaLedger:
         if quota.requests_per_s is not None:
             self._refill(quota, state, now)
             if state.tokens < 1.0:
-                wait = math.ceil((1.0 - state.tokens) / quota.requests_per_s)
+                free_in = (1.0 - state.tokens) / quota.requests_per_s
                 raise QuotaRefused(f"tenant {tenant} is over its request rate ({quota.requests_per_s:g}/s, burst "
-                                   f"{quota.bucket_size:g})", "rate_limited", retry_after_s=max(1, wait),
-                                   limit="requests_per_s")
+                                   f"{quota.bucket_size:g})", "rate_limited", retry_after_s=max(1, math.ceil(free_in)),
+                                   limit="requests_per_s", free_in_s=free_in)
             state.tokens -= 1.0
         self._charge(tenant, state, body_bytes)
         if model_work and quota.max_inflight_model_requests is not None:
@@ -217,11 +217,21 @@ class QuotaGate:
     """The ingress's side: asks the QuotaKeeper deployment (`handle`), or admits everything when the app has
     no limits (`handle` None). `quota_of` is the replica's own copy of the config, so tenants without limits
     never cost a call. If the keeper does not answer within ADMIT_TIMEOUT_S the request is admitted and the
-    miss logged: a quota outage degrades fairness, never availability."""
+    miss logged: a quota outage degrades fairness, never availability.
 
-    def __init__(self, handle: Any | None, quota_of: Callable[[str], QuotaConfig]):
+    A refusal that says when its limit frees (`free_in_s`: the request rate) is remembered per tenant until
+    then, counted from when the call was SENT (so never longer than the keeper would refuse): the tenant's
+    requests meanwhile are refused here without a keeper call (`local_refusals` counts them). A client that
+    ignores Retry-After then costs the keeper nothing. Such a request is refused as rate_limited even when
+    the keeper would have named another limit first (it refuses it either way)."""
+
+    def __init__(self, handle: Any | None, quota_of: Callable[[str], QuotaConfig], *,
+                 clock: Callable[[], float] = time.monotonic):
         self.handle = handle
         self.quota_of = quota_of
+        self._clock = clock
+        self._refusing: dict[str, tuple[float, QuotaRefused]] = {}  # tenant -> (until, the keeper's refusal)
+        self.local_refusals = 0
 
     @classmethod
     def disabled(cls) -> QuotaGate:
@@ -237,7 +247,21 @@ class QuotaGate:
 
     async def admit(self, tenant: str, *, model_work: bool, body_bytes: int) -> str | None:
         """A lease id (or None); raises QuotaRefused."""
-        return await self._call("admit", tenant, model_work, body_bytes)
+        sent = self._clock()
+        remembered = self._refusing.get(tenant)
+        if remembered is not None:
+            until, refused = remembered
+            if sent < until:
+                self.local_refusals += 1
+                raise QuotaRefused(refused.message, refused.code, retry_after_s=max(1, math.ceil(until - sent)),
+                                   limit=refused.limit, free_in_s=until - sent)
+            del self._refusing[tenant]
+        try:
+            return await self._call("admit", tenant, model_work, body_bytes)
+        except QuotaRefused as refused:
+            if refused.free_in_s is not None and refused.free_in_s > 0:
+                self._refusing[tenant] = (sent + refused.free_in_s, refused)
+            raise
 
     async def release(self, tenant: str, lease: str | None, extra_bytes: int) -> None:
         await self._call("release", tenant, lease, extra_bytes)

@@ -40,8 +40,10 @@ def test_token_bucket_allows_the_burst_then_refuses_with_the_exact_wait_and_refi
         assert q.admit("acme", model_work=False) is None
     err = refused(q.admit, "acme", model_work=False)
     assert (err.code, err.limit, err.status_code, err.retry_after_s) == ("rate_limited", "requests_per_s", 429, 2)
+    assert err.free_in_s == pytest.approx(2.0)
     clock.advance(1.0)  # half a token
-    assert refused(q.admit, "acme", model_work=False).retry_after_s == 1
+    again = refused(q.admit, "acme", model_work=False)
+    assert again.retry_after_s == 1 and again.free_in_s == pytest.approx(1.0)
     clock.advance(1.0)
     q.admit("acme", model_work=False)
     assert q.usage("acme")["rate_tokens"] == 0.0
@@ -129,6 +131,7 @@ def test_seconds_to_midnight():
 def test_refusals_survive_pickling_with_their_limit():
     import pickle
 
-    err = QuotaRefused("m", "rate_limited", retry_after_s=3, limit="requests_per_s")
+    err = QuotaRefused("m", "rate_limited", retry_after_s=3, limit="requests_per_s", free_in_s=2.25)
     back = pickle.loads(pickle.dumps(err))
-    assert (back.code, back.retry_after_s, back.limit, back.message) == ("rate_limited", 3, "requests_per_s", "m")
+    assert (back.code, back.retry_after_s, back.limit, back.message, back.free_in_s) == (
+        "rate_limited", 3, "requests_per_s", "m", 2.25)
