@@ -359,6 +359,21 @@ class _Raw:
     suppressed: set[int] = field(default_factory=set)
     removed: set[int] = field(default_factory=set)  # hotstart-removed so far (text steps)
     text: bool = False  # from a detect + track step (hotstart buffering applies)
+    # Tracker-only steps: the probabilities stay on the device until _finish reads them with the masks (one
+    # device->host copy per frame instead of two). probs[prob_index[obj_id]] is both the score and the tracker
+    # score of obj_id; `scores`/`tracker_scores` are then empty until `materialize()`. Class defaults, so
+    # checkpoints pickled before these fields existed load.
+    probs: torch.Tensor | None = None
+    prob_index: dict[int, int] | None = None
+
+    def materialize(self) -> None:
+        """Read lazy probabilities into scores/tracker_scores (one host sync)."""
+        if self.probs is None or self.prob_index is None:
+            return
+        values = self.probs.tolist()
+        self.scores = {i: values[k] for i, k in self.prob_index.items()}
+        self.tracker_scores = dict(self.scores)
+        self.probs = self.prob_index = None
 
 
 class VideoSession:
@@ -650,26 +665,28 @@ class VideoSession:
             out = self.runner.model.tracker_model(inference_session=s, frame_idx=t, reverse=reverse)
         self.runner._count(self.counters, frames_processed=1, tracker_calls=1)
         masks = out.pred_masks.reshape(len(out.object_ids), 1, *out.pred_masks.shape[-2:])
-        probs = out.object_score_logits.reshape(-1).float().sigmoid().tolist()
+        probs = out.object_score_logits.reshape(-1).float().sigmoid()  # read by _finish with the masks
         ids = [int(i) for i in out.object_ids]
-        scores = dict(zip(ids, probs))
-        return _Raw(t, {i: masks[j] for j, i in enumerate(ids)}, scores, dict(scores))
+        return _Raw(t, {i: masks[j] for j, i in enumerate(ids)}, {}, {}, probs=probs,
+                    prob_index={i: j for j, i in enumerate(ids)})
 
     def _stored_raw(self, k: int) -> _Raw:
         """Frame k from the outputs stored in the session (after a click/mask call)."""
         s = self._s
         user_created = getattr(s, _USER_CREATED)
-        masks, scores, tracker_scores = {}, {}, {}
+        masks, probs = {}, []
         for obj_id in s.obj_ids:
             od = s.output_dict_per_obj[s._obj_id_to_idx[obj_id]]
             out = od["cond_frame_outputs"].get(k) or od["non_cond_frame_outputs"].get(k)
             if out is None:
                 continue
-            obj_id = int(obj_id)
-            masks[obj_id] = out["pred_masks"].reshape(1, *out["pred_masks"].shape[-2:])
-            prob = float(out["object_score_logits"].float().sigmoid().reshape(-1)[0])
-            tracker_scores[obj_id] = prob
-            scores[obj_id] = prob if obj_id in user_created else float(s.obj_id_to_score.get(obj_id, 0.0))
+            masks[int(obj_id)] = out["pred_masks"].reshape(1, *out["pred_masks"].shape[-2:])
+            probs.append(out["object_score_logits"].float().sigmoid().reshape(-1)[0])
+        # one host read for all objects (the same per-object sigmoid values, stacked)
+        values = torch.stack(probs).tolist() if probs else []
+        tracker_scores = dict(zip(masks, values))
+        scores = {obj_id: prob if obj_id in user_created else float(s.obj_id_to_score.get(obj_id, 0.0))
+                  for obj_id, prob in tracker_scores.items()}
         return _Raw(k, masks, scores, tracker_scores, suppressed=set(s.suppressed_obj_ids.get(k, ())))
 
     def _after_step(self, t: int, reverse: bool, protect: tuple[int, int] | None, prune: bool | None = None) -> None:
@@ -821,41 +838,68 @@ class VideoSession:
 
     # ---------------------------------------------------------------- results
     def _finish(self, raw: _Raw) -> VideoFrameResult:
-        """Keep rules of Sam3VideoProcessor.postprocess_outputs on the raw low-res logits (module docstring)."""
+        """Keep rules of Sam3VideoProcessor.postprocess_outputs on the raw low-res logits (module docstring).
+
+        The device computes what a result needs (per object: which rows and columns of the mask upsampled to
+        the video size are non-empty, the lazy tracker probability, the fp16 logits after the non-overlap
+        rule) and it is read back in ONE copy; emptiness and boxes are then taken on the host from the row and
+        column flags: the first/last non-empty row and column are exactly what torchvision's masks_to_boxes
+        computes (argmax of the flags and of the flipped flags), so boxes are identical. The non-overlap rule
+        takes emptiness as a device mask (`_non_overlap(valid=...)`): no host sync in between."""
         s = self._s
         m = self.runner.info.mask_size
-        ids = sorted(raw.masks)
-        if not ids:
-            return VideoFrameResult.empty(raw.frame_index, m)
-        logits = torch.cat([raw.masks[i].reshape(1, *raw.masks[i].shape[-2:]) for i in ids], dim=0)
-        binary = F.interpolate(logits.unsqueeze(1), size=(self.source.height, self.source.width), mode="bilinear",
-                               align_corners=False).squeeze(1) > 0
         hidden = raw.suppressed | set(s.hotstart_removed_obj_ids)
-        keep = [j for j, i in enumerate(ids) if i not in hidden]
-        if keep:
-            nonempty = binary[keep].flatten(1).any(dim=1).tolist()
-            keep = [j for j, ok in zip(keep, nonempty) if ok]
+        cand = [i for i in sorted(raw.masks) if i not in hidden]
+        if not cand:
+            return VideoFrameResult.empty(raw.frame_index, m)
+        n, h, w = len(cand), self.source.height, self.source.width
+        logits = torch.cat([raw.masks[i].reshape(1, *raw.masks[i].shape[-2:]) for i in cand], dim=0)
+        binary = F.interpolate(logits.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).squeeze(1) > 0
+        rows, cols = binary.any(dim=2), binary.any(dim=1)  # (N, H), (N, W): as masks_to_boxes
+        groups = [s.obj_id_to_prompt_id.get(i, _clicked_prompt_id(i)) for i in cand]
+        shared = len(set(groups)) < len(groups)  # a group of >= 2 objects: the non-overlap rule has work
+        if raw.probs is not None and shared:
+            raw.materialize()  # the non-overlap rule ranks objects on the host
+        parts = []
+        lazy_probs, lazy_index = raw.probs, raw.prob_index
+        lazy = lazy_probs is not None and lazy_index is not None
+        if lazy_probs is not None and lazy_index is not None:
+            where = [lazy_index[i] for i in cand]
+            probs = lazy_probs if where == list(range(lazy_probs.numel())) else torch.stack(
+                [lazy_probs[k] for k in where])
+            parts.append(probs.reshape(-1).float().view(torch.uint8))
+        out = _non_overlap(logits, [raw.tracker_scores.get(i, 0.0) for i in cand], groups,
+                           valid=rows.any(dim=1) if shared else None)
+        out16 = out.to(torch.float16)
+        parts += [out16.reshape(-1).view(torch.uint8), rows.reshape(-1).view(torch.uint8),
+                  cols.reshape(-1).view(torch.uint8)]
+        host = torch.cat(parts).cpu().numpy()  # the one device -> host copy of the frame
+        o = 4 * n if lazy else 0
+        logits_np = host[o:o + out16.numel() * 2].view(np.float16).reshape(out16.shape)
+        o += out16.numel() * 2
+        rows_np = host[o:o + n * h].view(np.bool_).reshape(n, h)
+        cols_np = host[o + n * h:].view(np.bool_).reshape(n, w)
+        keep = np.flatnonzero(rows_np.any(axis=1)).tolist()
         if not keep:
             return VideoFrameResult.empty(raw.frame_index, m)
-        from torchvision.ops import masks_to_boxes
-
-        kept_ids = [ids[j] for j in keep]
-        index = torch.tensor(keep, device=logits.device)
-        boxes = masks_to_boxes(binary.index_select(0, index))
-        kept = logits.index_select(0, index)
-        groups = [s.obj_id_to_prompt_id.get(i, _clicked_prompt_id(i)) for i in kept_ids]
-        probs = [raw.tracker_scores.get(i, 0.0) for i in kept_ids]
-        kept = _non_overlap(kept, probs, groups)
+        kept_ids = [cand[j] for j in keep]
+        r, c = rows_np[keep], cols_np[keep]
+        boxes = np.stack([c.argmax(axis=1), r.argmax(axis=1), (w - 1) - c[:, ::-1].argmax(axis=1),
+                          (h - 1) - r[:, ::-1].argmax(axis=1)], axis=1).astype(np.float32)
         prompt_to_obj_ids: dict[str, list[int]] = {}
-        for i, g in zip(kept_ids, groups):
-            if g in s.prompts:
-                prompt_to_obj_ids.setdefault(s.prompts[g], []).append(i)
+        for j in keep:
+            if groups[j] in s.prompts:
+                prompt_to_obj_ids.setdefault(s.prompts[groups[j]], []).append(cand[j])
+        if lazy:
+            scores = host[:4 * n].view(np.float32)[keep]
+        else:
+            scores = np.asarray([raw.scores[i] for i in kept_ids], dtype=np.float32)
         return VideoFrameResult(
             frame_index=raw.frame_index,
             object_ids=np.asarray(kept_ids, dtype=np.int64),
-            scores=np.asarray([raw.scores[i] for i in kept_ids], dtype=np.float32),
-            boxes_xyxy=boxes.float().cpu().numpy().astype(np.float32),
-            mask_logits=kept.to(torch.float16).cpu().numpy(),
+            scores=scores,
+            boxes_xyxy=boxes,
+            mask_logits=logits_np if len(keep) == n else logits_np[keep],
             prompt_to_obj_ids=prompt_to_obj_ids,
         )
 
@@ -872,27 +916,43 @@ class VideoSession:
         self._fresh = None
 
 
-def _non_overlap(logits: torch.Tensor, probs: list[float], groups: list[int]) -> torch.Tensor:
+def _non_overlap(logits: torch.Tensor, probs: list[float], groups: list[int],
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
     """Within each group (text prompt), a pixel positive for several objects stays positive only for the
     object with the highest tracker probability (the first in id order on ties); the others get NO_OBJ_LOGIT
-    there. The rule of Sam3VideoProcessor._apply_object_wise_non_overlapping_constraints, at low resolution."""
-    out = logits
+    there. The rule of Sam3VideoProcessor._apply_object_wise_non_overlapping_constraints, at low resolution.
+
+    valid: an (N,) bool device tensor, or None (all valid): the rule applies to the valid objects only, as if
+    the others were not there (rows of invalid objects are not meaningful). Computed without a host sync:
+    the winner of a pixel is the valid positive object ranked first by (-float32 probability, position) =
+    the first arg-max of the probabilities as float32 (what a float32 score tensor + argmax picks); an object
+    with probability 0 never wins a pixel and, in a group with >= 2 valid objects, loses all of its own."""
+    if len(set(groups)) == len(groups):  # no group of two: nothing to do (no device work either)
+        return logits
+    pos = logits > 0
+    posv = pos if valid is None else pos & valid[:, None, None]
+    p32 = [float(np.float32(p)) for p in probs]
+    rows: list[torch.Tensor | None] = [None] * len(groups)
     for g in sorted(set(groups)):
         members = [j for j, x in enumerate(groups) if x == g]
         if len(members) < 2:
             continue
-        index = torch.tensor(members, device=logits.device)
-        group = logits.index_select(0, index)
-        p = torch.tensor([probs[j] for j in members], device=logits.device, dtype=torch.float32)
-        score = torch.where(group > 0, p[:, None, None], torch.zeros((), device=logits.device))
-        winner = score.argmax(dim=0, keepdim=True)
-        wins = (winner == torch.arange(len(members), device=logits.device)[:, None, None]) & (score > 0)
-        lose = (group > 0) & ~wins
-        if bool(lose.any()):
-            if out is logits:
-                out = logits.clone()
-            out[index] = torch.where(lose, torch.full_like(group, NO_OBJ_LOGIT), group)
-    return out
+        claimers = sorted((j for j in members if p32[j] > 0), key=lambda j: (-p32[j], j))
+        if len(claimers) > 1:  # claimer r loses where one ranked before it is positive (count >= 2 with itself)
+            ranked = torch.stack([posv[j] for j in claimers])
+            lose = ranked & (ranked.cumsum(dim=0) >= 2)
+            for r, j in enumerate(claimers):
+                rows[j] = lose[r]
+        zeros = [j for j in members if not p32[j] > 0]
+        if zeros:
+            crowded = None if valid is None else torch.stack([valid[j] for j in members]).sum() >= 2
+            for j in zeros:
+                rows[j] = posv[j] if crowded is None else posv[j] & crowded
+    if all(r is None for r in rows):
+        return logits
+    nothing = torch.zeros_like(pos[0])
+    lose_all = torch.stack([nothing if r is None else r for r in rows])
+    return logits.masked_fill(lose_all, NO_OBJ_LOGIT)
 
 
 def _tensor_nbytes(session) -> int:

@@ -84,6 +84,11 @@ def _structure_key(tm, s, obj_idx: int, frame_idx: int, reverse: bool, device) -
     return key, mem, ptr
 
 
+def _on(t: torch.Tensor, device) -> torch.Tensor:
+    """t.to(device, non_blocking=True), without a dispatcher call when t is already there (the usual case)."""
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
 def _run_group(tm, s, frame_idx: int, members: list[tuple[int, list, tuple]]) -> list[dict[str, torch.Tensor]]:
     """`_run_single_frame_inference` (no inputs, not an initial conditioning frame) for len(members) objects
     with the same memory structure, in one batch. members: (obj_idx, memory entries, pointers)."""
@@ -99,8 +104,8 @@ def _run_group(tm, s, frame_idx: int, members: list[tuple[int, list, tuple]]) ->
     memories, memory_pos = [], []
     for slot, (offset, _) in enumerate(members[0][1]):
         outs = [m[1][slot][1] for m in members]
-        memories.append(torch.cat([o["maskmem_features"].to(device, non_blocking=True) for o in outs], dim=1))
-        spatial = torch.cat([o["maskmem_pos_enc"].to(device, non_blocking=True) for o in outs], dim=1)
+        memories.append(torch.cat([_on(o["maskmem_features"], device) for o in outs], dim=1))
+        spatial = torch.cat([_on(o["maskmem_pos_enc"], device) for o in outs], dim=1)
         memory_pos.append(spatial + tm.memory_temporal_positional_encoding[offset - 1])
     offsets, _, max_ptrs = members[0][2]
     num_ptr_tokens = 0
