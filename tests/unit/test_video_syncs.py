@@ -3,8 +3,8 @@ code in serve_app.model.video.
 
 - A regression guard: on the tiny model, a steady-state propagated frame (text prompt capped at 5 objects, and 5
   clicked objects; batched tracker, the service default) makes at most ONE host sync in serve_app's own code
-  (the one device->host copy of the frame's result in VideoSession._finish) and no torch.tensor() upload
-  besides the frame's pixels. Counts are deterministic (not timings).
+  (the one device->host copy of the frame's result in VideoSession._finish), plus, with a text prompt, the one
+  read of transformers_fixes.fast_associate_det_trk; and no torch.tensor() upload besides the frame's pixels. Counts are deterministic (not timings).
 - Equality: `_finish`, `_non_overlap` and `_stored_raw` as they were before the sync removal are kept below as
   private reference copies; the new code must give bit-identical results on recorded raw inputs of full
   propagations and on synthetic edge cases (ties, zero probabilities, hidden objects, masks empty at full
