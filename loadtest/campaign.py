@@ -17,8 +17,10 @@ JSON. While a section runs on CUDA, GPU busy % and memory are sampled with NVML 
 Sections: environment, checkpoint (build), cold_start (checkpoint on local disk -> runner ready -> first
 answer), concept (batch curve 1-16 at 1 and 2 prompts), concept_variants (CUDA: dtype/TF32/attention/
 torch.compile at batch 1 and 8), click (cold/warm/batched clicks, automatic masks), video (frames/s per
-workload, concurrent sessions per GPU), mask_encoding (CPU), kept_masks (the concept replica's gather of kept
-masks, old vs new, on the device), served (floor, concept, click over HTTP).
+workload, concurrent sessions per GPU), video_profile (torch.profiler over a few frame steps of one session,
+text prompt + 5 objects: wall vs device-busy ms per step, top ops by self CPU / device time, syncs and copies
+per step; Chrome trace video_profile_trace.json.gz), mask_encoding (CPU), kept_masks (the concept replica's
+gather of kept masks, old vs new, on the device), served (floor, concept, click over HTTP).
 """
 
 from __future__ import annotations
@@ -269,20 +271,44 @@ def click_section(model_dir: str, device: str, iters: int) -> dict:
         free_cuda()
 
 
-def video_section(model_dir: str, device: str, frames: int, full: bool) -> dict:
-
+def video_runner(model_dir: str, device: str):
+    """The VideoRunner of the video sections: detection thresholds 0 and hotstart off, so random weights
+    detect (up to max_num_objects) and every frame is yielded at once."""
     from serve_app.config import ModelConfig
     from serve_app.model.video import VideoRunner
 
-    runner = VideoRunner.from_config(ModelConfig(model_id=model_dir, device=device), score_threshold_detection=0.0,
-                                     new_det_thresh=0.0, max_num_objects=10, hotstart_delay=0)
-    h, w = (480, 640) if full else (120, 160)
+    return VideoRunner.from_config(ModelConfig(model_id=model_dir, device=device), score_threshold_detection=0.0,
+                                   new_det_thresh=0.0, max_num_objects=10, hotstart_delay=0)
+
+
+def video_size(full: bool) -> tuple[int, int]:
+    """(height, width) of the synthetic video: 640x480 for the full-size model, 160x120 for the tiny one."""
+    return (480, 640) if full else (120, 160)
+
+
+def video_section(model_dir: str, device: str, frames: int, full: bool) -> dict:
+    runner = video_runner(model_dir, device)
+    h, w = video_size(full)
     try:
         return {"runtime": cm.runtime_facts(runner),
                 **cm.video_rows(runner, cm.synthetic_video(frames, h, w),
                              [("clicks", 1, True), ("clicks", 5, True), ("clicks", 5, False), ("text", 1, True),
                               ("text", 5, True), ("text", 5, False)],
                              (1, 2, 4), ("text", 5))}
+    finally:
+        del runner
+        free_cuda()
+
+
+def video_profile_section(model_dir: str, device: str, steps: int, full: bool, out_dir: Path) -> dict:
+    """torch.profiler over `steps` frame steps of one session (text prompt, 5 objects, batched tracker); the
+    Chrome trace goes to out_dir/video_profile_trace.json.gz."""
+    runner = video_runner(model_dir, device)
+    h, w = video_size(full)
+    try:
+        return {"runtime": cm.runtime_facts(runner),
+                **cm.video_profile(runner, cm.synthetic_video(cm.video_profile_frames(steps), h, w), ("text", 5),
+                                   steps, out_dir)}
     finally:
         del runner
         free_cuda()
@@ -368,6 +394,7 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     for r in video.get("concurrent", []):
         rows.append((f"video {r['sessions']} sessions, {r['workload']} {r['objects']} obj", "aggregate frames/s",
                      f"{r['aggregate_fps']:.1f} ({r['per_session_fps']:.1f} per session)"))
+    rows += video_profile_rows(dig(s, "video_profile", "result"))
     for r in dig(s, "mask_encoding", "result") or []:
         rows.append((f"mask encoding {r['masks']} masks {r['width']}x{r['height']}", "p50 (CPU), old -> new",
                      f"{r['old']['p50_ms']:.1f} -> {r['new']['p50_ms']:.1f} ms (x{r['speedup_p50']:.1f})"))
@@ -393,6 +420,39 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
     for name, entry in s.items():
         if "error" in entry or "skipped" in entry:
             rows.append((name, "not measured", (entry.get("error") or entry.get("skipped", ""))[:120]))
+    return rows
+
+
+def video_profile_rows(p: dict | None) -> list[tuple[str, str, str]]:
+    if not p:
+        return []
+
+    def cell(name: str) -> str:
+        return name.replace("|", "/")[:48]
+
+    what = f"video profile, {p['workload']} {p['objects']} obj ({p['objects_tracked']} tracked), {p['size']}"
+    sy, host = p["syncs_per_step"], p["host"]
+    busy = (f"{p['device_busy_ms']:.1f} ms busy of {p['wall_ms']:.1f} ms ({100 * p['device_busy_fraction']:.0f}%), "
+            f"python-side gap {p['python_gap_ms']:.1f} ms" if p["device"] == "cuda" else "no device (CPU run)")
+    rows = [(what, f"frame step wall p50, {p['steps']} profiled steps",
+             f"{p['wall_ms']:.1f} ms (unprofiled {p['wall_ms_unprofiled']:.1f} ms)"),
+            (what, "device busy per step (profiler)", busy),
+            (what, "host time per step (self CPU)",
+             f"aten ops {host['aten_self_cpu_ms']:.1f} ms, CUDA runtime {host['cuda_runtime_self_cpu_ms']:.1f} ms "
+             f"(of which sync/copy waits {host['sync_wait_self_cpu_ms']:.1f}), outside ops "
+             f"{host['outside_ops_ms']:.1f} ms; {host['aten_ops']:.0f} aten ops, "
+             f"{host['kernel_launches']:.0f} kernel launches"),
+            (what, "syncs per step",
+             f"cudaStreamSync {sy['cudaStreamSynchronize']:g}, cudaDeviceSync {sy['cudaDeviceSynchronize']:g} "
+             f"(1 = harness), cudaMemcpyAsync {sy['cudaMemcpyAsync']:g} (DtoH {sy['memcpy_DtoH']:g}), item "
+             f"{sy['aten::item']:g}, _local_scalar_dense {sy['aten::_local_scalar_dense']:g}, nonzero "
+             f"{sy['aten::nonzero']:g}"),
+            (what, "top self CPU (ms/step)",
+             ", ".join(f"{cell(r['name'])} {r['self_cpu_ms_per_step']:.2f}" for r in p["top_self_cpu"][:4]))]
+    if p.get("top_kernels"):
+        rows.append((what, "top kernels (device ms/step)",
+                     ", ".join(f"{cell(r['name'])} {r['self_device_ms_per_step']:.2f}" for r in p["top_kernels"][:3])))
+    rows.append((what, "Chrome trace", p.get("trace") or p.get("trace_error", "not written")))
     return rows
 
 
@@ -500,6 +560,8 @@ def run_sections(camp: Campaign, args: argparse.Namespace, model_dir: str, devic
     frames = args.frames or (32 if cuda else 12)
     camp.section("video", lambda: video_section(model_dir, device, 6 if args.quick else frames,
                                                 args.model == "full-random"), needs_s=40)
+    camp.section("video_profile", lambda: video_profile_section(model_dir, device, 4 if args.quick else 8,
+                                                                args.model == "full-random", camp.out_dir), needs_s=30)
     camp.section("mask_encoding", lambda: bench_concept.bench_masks(2 if args.quick else 5), needs_s=20)
     camp.section("kept_masks", lambda: bench_concept.bench_kept_masks(2 if args.quick else 5, device,
                                                                      (1, 4) if args.quick else (1, 8, 16)), needs_s=10)

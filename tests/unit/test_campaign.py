@@ -4,6 +4,7 @@ any of those fails; every section must produce its rows, and the Markdown table 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ def test_model_only_campaign_runs_without_the_serving_stack(tmp_path):
     assert result["model"] == "tiny" and result["device"] == "cpu"
     assert sections["environment"]["result"]["ray"] is False  # the blocker worked: no served section
     assert "served" not in sections
-    for name in ("checkpoint", "cold_start", "concept", "click", "video", "mask_encoding"):
+    for name in ("checkpoint", "cold_start", "concept", "click", "video", "video_profile", "mask_encoding"):
         assert "result" in sections[name], (name, sections[name])
     curve = sections["concept"]["result"]["curve"]
     assert [r["batch_size"] for r in curve["2_prompts"]] == [1, 2]
@@ -53,10 +54,19 @@ def test_model_only_campaign_runs_without_the_serving_stack(tmp_path):
     assert all(r["objects_tracked"] >= 1 and r["fps"] > 0 for r in video["single"])
     assert [r["sessions"] for r in video["concurrent"]] == [1, 2, 4]
     assert all(not r["errors"] and r["frames"] == r["sessions"] * video["frames"] for r in video["concurrent"])
+    profile = sections["video_profile"]["result"]  # torch.profiler over a few frame steps (CPU: no device rows)
+    assert profile["steps"] == 4 and profile["objects_tracked"] >= 1 and profile["wall_ms"] > 0
+    assert profile["top_self_cpu"] and all(r["calls_per_step"] > 0 for r in profile["top_self_cpu"])
+    assert profile["host"]["aten_ops"] > 0 and profile["device_busy_ms"] == 0
+    assert set(profile["syncs_per_step"]) >= {"cudaStreamSynchronize", "aten::item", "aten::nonzero", "memcpy_DtoH"}
+    with gzip.open(out / profile["trace"]) as f:  # the Chrome trace of the profiled steps only
+        trace = json.load(f)
+    assert sum(e.get("name") == "campaign::video_step" for e in trace["traceEvents"]) == profile["steps"]
     table = (out / "campaign.md").read_text()
     assert "| concept model-only, 2 prompt(s) | batch 1 p50 |" in table
     assert "| video text 5 obj, batched tracker | frames/s (1 session) |" in table
     assert "| video clicks 5 obj, per-object loop | frames/s (1 session) |" in table
+    assert "| video profile, text 5 obj (" in table and "| Chrome trace | video_profile_trace.json.gz |" in table
     assert "not measured" not in table  # no section failed or was skipped
     assert (out / "campaign_concept.png").stat().st_size > 0
     assert not Path(sections["checkpoint"]["result"]).exists()  # the built checkpoint was removed
