@@ -27,13 +27,7 @@ H, W = 48, 64
 M = 32  # tiny model mask size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is dispatch-bound: one torch thread is several times faster on 2 shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

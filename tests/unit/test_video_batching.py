@@ -22,12 +22,7 @@ from serve_app.model.video_types import FrameSource, VideoFrameResult, VideoObje
 H, W, T = 48, 64, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,7 @@ SYNC_BUDGET = {"text": 2, "clicks": 1}
 H2D_BUDGET = {"text": 3, "clicks": 3}  # the 3 are the frame's pixels in VideoRunner._preprocess (the processor)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
