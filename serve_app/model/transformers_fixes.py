@@ -16,13 +16,21 @@ edge-case inputs, and whole propagations with and without them). No Ray, no Fast
   `_suppress_object_pw_area_shrinkage` group objects by prompt with `unique` + `nonzero` + `.tolist()` on
   the device and write with bool indexes; the replacements group on the host (the prompt ids are host data)
   and write with `masked_fill_` / `where` (no sync).
+  A method is replaced only when transformers' own source of it is the one these replacements were verified
+  against (VERIFIED: sha256 of `inspect.getsource`, transformers 5.24); another version keeps its own method
+  (logged once), so an upgrade can cost speed, never correctness.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 ORIGINALS: dict[str, Any] = {}  # name -> transformers' own function, saved by install() (tests compare them)
 
@@ -159,16 +167,39 @@ _METHODS = {
     "_suppress_object_pw_area_shrinkage": fast_suppress_object_pw_area_shrinkage,
     "_suppress_overlapping_based_on_recent_occlusion": fast_suppress_overlapping_based_on_recent_occlusion,
 }
+# sha256 of transformers' source of each replaced method, as verified (transformers 5.24.0)
+VERIFIED = {
+    "_associate_det_trk": "15100be36fd976414245c0d1b1b8e23a85225f432bd56a0a8b4404653d819cab",
+    "_suppress_object_pw_area_shrinkage": "de27dda4b41cbf87acb7968be1c996b0cb21aa8b4368ca61da3e011c28b50030",
+    "_suppress_overlapping_based_on_recent_occlusion":
+        "be9652fca729d8ef98e6a64c972b940dd941efd6bd91039cd6d14918d39de806",
+}
+SKIPPED: set[str] = set()  # methods left to transformers (their source is not the verified one)
+
+
+def _source_sha256(fn: Any) -> str | None:
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+    except (OSError, TypeError):  # no source file (e.g. a zipped or compiled install)
+        return None
 
 
 def install() -> None:
     """Point transformers' SAM 3 video module at the replacements (idempotent, process-wide): `mask_iou` and
-    three Sam3VideoModel methods (their originals are kept in ORIGINALS)."""
+    the Sam3VideoModel methods whose source is the verified one (their originals are kept in ORIGINALS; the
+    others are listed in SKIPPED)."""
     from transformers.models.sam3_video import modeling_sam3_video
 
     modeling_sam3_video.mask_iou = bounded_mask_iou
     cls = modeling_sam3_video.Sam3VideoModel
     for name, fn in _METHODS.items():
-        if getattr(cls, name) is not fn:
-            ORIGINALS.setdefault(name, getattr(cls, name))
-            setattr(cls, name, fn)
+        current = getattr(cls, name, None)
+        if current is fn or name in SKIPPED:
+            continue
+        if current is None or _source_sha256(current) != VERIFIED[name]:
+            SKIPPED.add(name)
+            log.warning("transformers' Sam3VideoModel.%s is not the version its replacement was verified against: "
+                        "keeping transformers' own (correct, with more host syncs)", name)
+            continue
+        ORIGINALS.setdefault(name, current)
+        setattr(cls, name, fn)

@@ -53,6 +53,23 @@ from tests.unit.test_video_syncs import assert_identical  # noqa: E402
 
 transformers_fixes.install()
 ORIG = transformers_fixes.ORIGINALS
+# another transformers version keeps its own methods (install() checks their source): nothing to compare then
+needs_verified = pytest.mark.skipif(bool(transformers_fixes.SKIPPED), reason=f"transformers' "
+                                    f"{sorted(transformers_fixes.SKIPPED)} differ from the verified source")
+
+
+@needs_verified
+def test_the_replacements_are_installed_only_over_the_verified_source(monkeypatch, caplog):
+    cls = modeling_sam3_video.Sam3VideoModel
+    name = "_associate_det_trk"
+    assert getattr(cls, name) is transformers_fixes.fast_associate_det_trk  # this transformers is the verified one
+    monkeypatch.setattr(cls, name, ORIG[name])
+    monkeypatch.setitem(transformers_fixes.VERIFIED, name, "0" * 64)  # as if transformers had changed it
+    monkeypatch.setattr(transformers_fixes, "SKIPPED", set())
+    transformers_fixes.install()
+    assert getattr(cls, name) is ORIG[name] and transformers_fixes.SKIPPED == {name}
+    assert any("not the version its replacement was verified against" in r.getMessage() for r in caplog.records)
+    assert cls._suppress_object_pw_area_shrinkage is transformers_fixes.fast_suppress_object_pw_area_shrinkage
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +106,7 @@ def _assoc_cases():
         torch.zeros(2, dtype=torch.long)  # no detections
 
 
+@needs_verified
 def test_fast_association_equals_transformers_on_random_and_edge_cases():
     matched_any = high_any = 0
     for thresholds in ({"assoc_iou_thresh": 0.1, "trk_assoc_iou_thresh": 0.5, "new_det_thresh": 0.4,
@@ -106,6 +124,7 @@ def test_fast_association_equals_transformers_on_random_and_edge_cases():
     assert matched_any > 20 and high_any > 20  # the cases exercise matches and high-confidence pairs
 
 
+@needs_verified
 def test_fast_area_shrinkage_equals_transformers(model):
     g = torch.Generator().manual_seed(5)
     for prompt_ids in ([0, 0, 0, 0], [1, 0, 1, 0, 2], [7], [3, 3], None):
@@ -118,6 +137,7 @@ def test_fast_area_shrinkage_equals_transformers(model):
         transformers_fixes.fast_suppress_object_pw_area_shrinkage(model, masks, [0])
 
 
+@needs_verified
 def test_fast_occlusion_suppression_equals_transformers(model, monkeypatch):
     monkeypatch.setattr(model, "suppress_overlapping_based_on_recent_occlusion_threshold", 0.1)
     g = torch.Generator().manual_seed(9)
@@ -147,6 +167,7 @@ def test_fast_occlusion_suppression_equals_transformers(model, monkeypatch):
     assert suppressed > 5  # suppression really happened in some cases
 
 
+@needs_verified
 def test_a_text_propagation_is_identical_with_and_without_the_replacements(tiny_video_model_dir, monkeypatch):
     """Whole text-prompted propagations (association, occlusion suppression and area shrinkage all run): the
     results with transformers' own methods and with ours are byte-identical, and ours sync far less."""
