@@ -32,7 +32,8 @@ VideoSession.propagate, which computes the frame step and builds its VideoFrameR
       `Tensor.tolist()`, `Tensor.cpu()`, `Tensor.to("cpu")` (a literal "cpu" string), `Tensor.numpy()` / `np.asarray(t)` (`__array__`). A `.numpy()`/`.tolist()`/`.item()` on a
       tensor that a counted `.cpu()` / `.to("cpu")` returned is a host read, not a sync: it is reported as kind
       `host_*` and left out of the sync count.
-- h2d (reported apart, not in syncs): `torch.tensor(python data)` calls (`aten.lift_fresh`), e.g. an index list:
+- h2d (reported apart, not in syncs): `torch.tensor(python data, device=...)` calls (`aten.lift_fresh`; without a
+  device argument the tensor stays on the host on a GPU machine too: not counted, and reads of it are host reads), e.g. an index list:
   on a GPU `torch.tensor(x, device="cuda")` (or a CPU tensor used to index a CUDA one) is a host->device copy
   that PyTorch follows with a stream synchronize (non_blocking=False from pageable memory).
   NOT detectable here: `.to(some_device)` with a torch.device or variable (the session's device is "cpu" on
@@ -61,6 +62,7 @@ import os
 import sys
 import tempfile
 import time
+import weakref
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -202,7 +204,7 @@ class _Dispatch(TorchDispatchMode):
                 indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
                 if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ()):
                     kind = "bool_index"
-            if func is _aten.lift_fresh.default:  # torch.tensor(data): on a GPU, a blocking host->device copy
+            if func is _aten.lift_fresh.default and not c.host_factories:  # torch.tensor(data, device=...): on a GPU, a blocking host->device copy
                 c.current.h2d[(owner, site, "torch.tensor")] += 1
             if kind is not None:
                 if kind == "item" and c.api:
@@ -237,11 +239,18 @@ class _Function(TorchFunctionMode):
         scalar = name in _SCALAR_APIS
         if scalar:
             c.api.append(name.strip("_"))
+        # torch.tensor(data) without a device makes a host tensor on a GPU machine too: not a host->device copy
+        host_factory = func is torch.tensor and kwargs.get("device") is None
+        c.host_factories += host_factory
         try:
             out = func(*args, **kwargs)
         finally:
             if scalar:
                 c.api.pop()
+            c.host_factories -= host_factory
+        if host_factory and isinstance(out, torch.Tensor):
+            c.mark_host(out)
+            c._host_storages[out.untyped_storage().data_ptr()] = weakref.ref(out)
         if (kind in ("cpu", "to_cpu")) and isinstance(out, torch.Tensor):
             if out is args[0]:  # on CPU .cpu() returns its input: a new tensor object, as on a GPU
                 out = out.view_as(out)
@@ -261,11 +270,18 @@ class SyncCensus:
         self.intervals: list[_Counts] = []
         self.current: _Counts | None = None
         self.api: list[str] = []
+        self.host_factories = 0  # > 0 inside torch.tensor(data) without a device
+        self._host_storages: dict[int, weakref.ref] = {}  # storage address -> the host factory tensor
         self._host: set[int] = set()
         self._modes: list[Any] = []
 
     def is_host(self, t: torch.Tensor) -> bool:
-        return getattr(t, "_census_host", False)
+        """A tensor .cpu() returned or torch.tensor made without a device, or a view of one (views made under
+        inference_mode have no _base: for the factory tensors, their storage while the tensor lives)."""
+        if getattr(t, "_census_host", False) or getattr(t._base, "_census_host", False):
+            return True
+        ref = self._host_storages.get(t.untyped_storage().data_ptr())
+        return ref is not None and ref() is not None
 
     def mark_host(self, t: torch.Tensor) -> None:
         try:

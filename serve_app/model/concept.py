@@ -35,6 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from serve_app.config import ConceptConfig, ModelConfig
 from serve_app.errors import InvalidInput, Sam3Error
+from serve_app.model import transformers_fixes
 from serve_app.model.loading import Placement, load_model, load_tokenizer
 from serve_app.model.protocols import ConceptAnswer
 from serve_app.model.runtime import (
@@ -116,6 +117,7 @@ class ConceptRunner:
 
     def __init__(self, model, tokenizer, placement: Placement, model_id: str, *, text_cache_size: int = 1024,
                  max_pairs_per_forward: int = 32):
+        transformers_fixes.install()  # the detector's spatial shapes stay on the host (no sync per decoder layer)
         self.model = model
         self.tokenizer = tokenizer
         self.placement = placement

@@ -1,4 +1,4 @@
-"""Replacements for transformers functions that SAM 3 video calls: bounded memory, fewer host syncs. Each gives
+"""Replacements for transformers functions that SAM 3 (image and video) calls: bounded memory, fewer host syncs. Each gives
 the same outputs as the function it replaces (tests/unit/test_transformers_fixes.py compares them on random and
 edge-case inputs, and whole propagations with and without them). No Ray, no FastAPI.
 
@@ -16,6 +16,12 @@ edge-case inputs, and whole propagations with and without them). No Ray, no Fast
   `_suppress_object_pw_area_shrinkage` group objects by prompt with `unique` + `nonzero` + `.tolist()` on
   the device and write with bool indexes; the replacements group on the host (the prompt ids are host data)
   and write with `masked_fill_` / `where` (no sync).
+- `Sam3DetrEncoder._prepare_multilevel_features` (every detector forward: concept requests and text-prompted
+  video frames) puts the feature maps' (height, width), host ints, into a tensor ON THE DEVICE (a host->device
+  copy), and the DETR decoder reads them back in every layer (`_get_coords`: `torch.arange(0, height_tensor)`,
+  2 syncs per layer, 12 for facebook/sam3's 6 layers). Nothing else reads that tensor (it only reaches the
+  decoder's box position bias), so `fast_prepare_multilevel_features` keeps it on the CPU: same values, no
+  copy and no sync.
   A method is replaced only when transformers' own source of it is the one these replacements were verified
   against (VERIFIED: sha256 of `inspect.getsource`, transformers 5.24); another version keeps its own method
   (logged once), so an upgrade can cost speed, never correctness.
@@ -162,13 +168,27 @@ def fast_suppress_overlapping_based_on_recent_occlusion(self, inference_session,
     return masks
 
 
+def fast_prepare_multilevel_features(self, vision_features: list[torch.Tensor], vision_pos_embeds: list[torch.Tensor]):
+    """Sam3DetrEncoder._prepare_multilevel_features with `spatial_shapes` (levels, 2) int64 on the CPU. Features
+    (B,C,H,W) per level -> (features (B, sum H*W, C), position embeddings (B, sum H*W, C), spatial_shapes)."""
+    spatial_shapes = [tuple(features.shape[-2:]) for features in vision_features]
+    features_flattened = torch.cat([f.flatten(2).transpose(1, 2) for f in vision_features], dim=1)
+    pos_embeds_flattened = torch.cat([p.flatten(2).transpose(1, 2) for p in vision_pos_embeds], dim=1)
+    return features_flattened, pos_embeds_flattened, torch.tensor(spatial_shapes, dtype=torch.long)
+
+
+# method name -> (transformers module under transformers.models, class, replacement)
 _METHODS = {
-    "_associate_det_trk": fast_associate_det_trk,
-    "_suppress_object_pw_area_shrinkage": fast_suppress_object_pw_area_shrinkage,
-    "_suppress_overlapping_based_on_recent_occlusion": fast_suppress_overlapping_based_on_recent_occlusion,
+    "_associate_det_trk": ("sam3_video.modeling_sam3_video", "Sam3VideoModel", fast_associate_det_trk),
+    "_suppress_object_pw_area_shrinkage": ("sam3_video.modeling_sam3_video", "Sam3VideoModel",
+                                           fast_suppress_object_pw_area_shrinkage),
+    "_suppress_overlapping_based_on_recent_occlusion": ("sam3_video.modeling_sam3_video", "Sam3VideoModel",
+                                                        fast_suppress_overlapping_based_on_recent_occlusion),
+    "_prepare_multilevel_features": ("sam3.modeling_sam3", "Sam3DetrEncoder", fast_prepare_multilevel_features),
 }
 # sha256 of transformers' source of each replaced method, as verified (transformers 5.24.0)
 VERIFIED = {
+    "_prepare_multilevel_features": "08d84f7d241749309db4c398530cfc03a02836949ff7ec3f4a18028854fd3a01",
     "_associate_det_trk": "15100be36fd976414245c0d1b1b8e23a85225f432bd56a0a8b4404653d819cab",
     "_suppress_object_pw_area_shrinkage": "de27dda4b41cbf87acb7968be1c996b0cb21aa8b4368ca61da3e011c28b50030",
     "_suppress_overlapping_based_on_recent_occlusion":
@@ -185,21 +205,23 @@ def _source_sha256(fn: Any) -> str | None:
 
 
 def install() -> None:
-    """Point transformers' SAM 3 video module at the replacements (idempotent, process-wide): `mask_iou` and
-    the Sam3VideoModel methods whose source is the verified one (their originals are kept in ORIGINALS; the
-    others are listed in SKIPPED)."""
+    """Point transformers' SAM 3 modules at the replacements (idempotent, process-wide): `mask_iou` and the
+    methods whose source is the verified one (their originals are kept in ORIGINALS; the others are listed in
+    SKIPPED). Called by the concept and video runners."""
+    import importlib
+
     from transformers.models.sam3_video import modeling_sam3_video
 
     modeling_sam3_video.mask_iou = bounded_mask_iou
-    cls = modeling_sam3_video.Sam3VideoModel
-    for name, fn in _METHODS.items():
+    for name, (module, class_name, fn) in _METHODS.items():
+        cls = getattr(importlib.import_module(f"transformers.models.{module}"), class_name)
         current = getattr(cls, name, None)
         if current is fn or name in SKIPPED:
             continue
         if current is None or _source_sha256(current) != VERIFIED[name]:
             SKIPPED.add(name)
-            log.warning("transformers' Sam3VideoModel.%s is not the version its replacement was verified against: "
-                        "keeping transformers' own (correct, with more host syncs)", name)
+            log.warning("transformers' %s.%s is not the version its replacement was verified against: keeping "
+                        "transformers' own (correct, with more host syncs)", class_name, name)
             continue
         ORIGINALS.setdefault(name, current)
         setattr(cls, name, fn)

@@ -203,7 +203,7 @@ class VideoRunner:
         )
         _guard_reconditioning(model)
         install_batched_forward(model.tracker_model)
-        transformers_fixes.install()  # NMS / association IoU without an (N, M, H*W) int64 tensor
+        transformers_fixes.install()  # bounded mask IoU, fewer host syncs per frame (see there)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, score_threshold_detection: float | None = None,

@@ -171,11 +171,13 @@ def test_fast_occlusion_suppression_equals_transformers(model, monkeypatch):
 def test_a_text_propagation_is_identical_with_and_without_the_replacements(tiny_video_model_dir, monkeypatch):
     """Whole text-prompted propagations (association, occlusion suppression and area shrinkage all run): the
     results with transformers' own methods and with ours are byte-identical, and ours sync far less."""
+    import importlib
+
     runner = video_syncs.build_runner(tiny_video_model_dir)
-    cls = modeling_sam3_video.Sam3VideoModel
     fast_intervals, fast, fast_prompt = video_syncs.run_scenario(runner, "text", 5, keep_results=True)
     for name, fn in ORIG.items():
-        monkeypatch.setattr(cls, name, fn)
+        module, class_name, _ = transformers_fixes._METHODS[name]
+        monkeypatch.setattr(getattr(importlib.import_module(f"transformers.models.{module}"), class_name), name, fn)
     slow_intervals, slow, slow_prompt = video_syncs.run_scenario(runner, "text", 5, keep_results=True)
     for a, b in zip([fast_prompt, *fast], [slow_prompt, *slow], strict=True):
         assert_identical(a, b)
@@ -183,3 +185,40 @@ def test_a_text_propagation_is_identical_with_and_without_the_replacements(tiny_
     fast_syncs = video_syncs.summarize(fast_intervals)["steady_mean"]["syncs_transformers"]
     slow_syncs = video_syncs.summarize(slow_intervals)["steady_mean"]["syncs_transformers"]
     assert fast_syncs <= slow_syncs / 3, (fast_syncs, slow_syncs)
+
+
+@needs_verified
+def test_fast_multilevel_features_equal_transformers_with_the_shapes_on_the_host():
+    from transformers.models.sam3 import modeling_sam3
+
+    g = torch.Generator().manual_seed(11)
+    feats = [torch.randn(2, 8, s, s + 1, generator=g) for s in (9, 5, 3)]
+    pos = [torch.randn(2, 8, s, s + 1, generator=g) for s in (9, 5, 3)]
+    want = ORIG["_prepare_multilevel_features"](None, feats, pos)
+    got = transformers_fixes.fast_prepare_multilevel_features(None, feats, pos)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert got[2].device.type == "cpu" and got[2].dtype == torch.long and got[2].tolist() == want[2].tolist()
+    assert modeling_sam3.Sam3DetrEncoder._prepare_multilevel_features is transformers_fixes.fast_prepare_multilevel_features
+
+
+@needs_verified
+def test_concept_answers_are_identical_with_and_without_the_host_side_shapes(tiny_model_dir, monkeypatch):
+    """The detector's box position bias (the only reader of the spatial shapes) gives the same instances."""
+    import numpy as np
+    from transformers.models.sam3 import modeling_sam3
+
+    from serve_app.config import ModelConfig
+    from serve_app.model.concept import ConceptRunner
+    from tests.unit.test_model_concept import make_request
+
+    runner = ConceptRunner.from_config(ModelConfig(model_id=tiny_model_dir))
+    reqs = [make_request(0, ("car", "dog")), make_request(1, ("tree",))]
+    fast = runner.segment_batch(reqs)
+    monkeypatch.setattr(modeling_sam3.Sam3DetrEncoder, "_prepare_multilevel_features",
+                        ORIG["_prepare_multilevel_features"])
+    slow = runner.segment_batch(reqs)
+    for a, b in zip(fast, slow, strict=True):
+        for x, y in zip(a.results, b.results, strict=True):
+            assert len(x.scores) > 0
+            for name in ("scores", "boxes_xyxy", "mask_probs"):
+                assert np.array_equal(getattr(x, name), getattr(y, name)), name
