@@ -136,7 +136,6 @@ class RequestIdMiddleware:
             await _unhandled(request, exc)(scope, receive, send_with_id)
 
 
-
 def install_error_handling(app: FastAPI) -> None:
     """Request-id middleware + exception handlers on `app`."""
     # Decided once, when the replica builds its app (Serve sets the replica context before that).
