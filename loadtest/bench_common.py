@@ -99,7 +99,8 @@ def scratch_dir(prefix: str) -> str:
 
 
 def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
-    """(checkpoint dir, whether CUDA is used, the result's header: command, model, device, torch)."""
+    """(checkpoint dir, whether CUDA is used, the result's header: command, model, device, torch, python,
+    machine). Without --model-dir it builds the tiny (or full-random) checkpoint, removed at exit."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -110,7 +111,8 @@ def setup(args: argparse.Namespace) -> tuple[str, bool, dict]:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     header = {"command": " ".join(["python"] + redacted_argv(sys.argv)), "model": args.model, "device": device,
-              "torch": torch.__version__}
+              "torch": torch.__version__, "python": platform.python_version(),
+              "machine": f"{platform.node()} {platform.platform()}, {os.cpu_count()} CPUs"}
     return model_dir, cuda, header
 
 

@@ -45,7 +45,6 @@ import io
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -64,6 +63,7 @@ from bench_common import (
     deploy_or_fail,
     free_port,
     pyplot,
+    scratch_dir,
     setup,
     start_ray,
     stop_ray,
@@ -524,19 +524,15 @@ def main() -> None:
     from serve_app.devtools.tiny_model import build_tiny_checkpoint
 
     transformers.logging.set_verbosity_error()
-    scratch: list[str] = []
-    if args.model_dir is None and args.url is None:
-        scratch.append(tempfile.mkdtemp(prefix="bench-export-ckpt-"))
-        args.model_dir = str(build_tiny_checkpoint(scratch[-1], full_size=args.model == "full-random",
-                                                   object_score_bias=10.0))
+    if args.model_dir is None and args.url is None:  # removed at exit
+        args.model_dir = str(build_tiny_checkpoint(scratch_dir("bench-export-ckpt-"),
+                                                   full_size=args.model == "full-random", object_score_bias=10.0))
     elif args.model_dir is None:
         args.model_dir = "(the service's)"  # setup() must not build a checkpoint nobody uses
     _, _, header = setup(args)
     video = mp4_bytes(synthetic_frames(args.frames, args.height, args.width))
     result: dict[str, Any] = {
-        **header, "python": platform.python_version(),
-        "machine": f"{platform.node()} {platform.platform()}, {os.cpu_count()} CPUs",
-        "target": args.url or "local Ray + Serve (started here)", "frames": args.frames,
+        **header, "target": args.url or "local Ray + Serve (started here)", "frames": args.frames,
         "size": f"{args.width}x{args.height}", "repeats": args.repeats, "text_prompt": TEXT,
         "video": f"{args.frames} frames {args.width}x{args.height} H.264 mp4 ({len(video)} bytes)",
         "poll_s": args.poll_s, "loadavg_start": os.getloadavg()}
@@ -564,9 +560,6 @@ def main() -> None:
     except BenchError as exc:
         print(f"bench_export: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    finally:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
     result["wall_s"] = time.monotonic() - t_start
     result["loadavg_end"] = os.getloadavg()
     print_table(result)

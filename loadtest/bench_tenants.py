@@ -45,7 +45,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import secrets
 import shutil
 import statistics
@@ -538,20 +537,12 @@ def main() -> None:
         parser.error(f"--url needs the quiet tenant's key: --quiet-key or ${API_KEY_ENV}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t_start = time.monotonic()
-    scratch: list[str] = []
     if args.url and args.model_dir is None:
         args.model_dir = "(the service's)"  # setup() must not build a checkpoint nobody uses
-    elif args.model_dir is None:  # built here, removed at the end
-        from serve_app.devtools.tiny_model import build_tiny_checkpoint
-
-        scratch.append(tempfile.mkdtemp(prefix="bench-tenants-ckpt-"))
-        args.model_dir = str(build_tiny_checkpoint(scratch[-1], full_size=args.model == "full-random"))
-    model_dir, cuda, header = setup(args)
+    model_dir, cuda, header = setup(args)  # builds the checkpoint otherwise (removed at exit)
     payload = Payload(args.width, args.height, args.prompts)
     result: dict[str, Any] = {
-        **header, "python": platform.python_version(),
-        "machine": f"{platform.node()} {platform.platform()}, {os.cpu_count()} CPUs",
-        "target": args.url or "local Ray + Serve (started here)", "route": f"POST {ROUTE}",
+        **header, "target": args.url or "local Ray + Serve (started here)", "route": f"POST {ROUTE}",
         "image": f"{args.width}x{args.height} JPEG ({len(payload.image)} bytes)", "prompts_per_image": args.prompts,
         "requests_per_phase": math.ceil(args.requests / args.rounds) * args.rounds, "rounds": args.rounds,
         "noisy_clients": args.noisy_clients, "ramp_s": args.ramp_s,
@@ -585,9 +576,6 @@ def main() -> None:
     except BenchError as exc:
         print(f"bench_tenants: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    finally:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
     result["quota_check_overhead"] = quota_overhead(result["phases"]["alone"])
     result["wall_s"] = time.monotonic() - t_start
     result["loadavg_end"] = os.getloadavg()

@@ -47,7 +47,6 @@ import dataclasses
 import io
 import math
 import os
-import platform
 import shutil
 import socket
 import sys
@@ -59,7 +58,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import DeployError, base_parser, deploy_or_fail, pyplot, setup, stop_ray, summary, write_result
+from bench_common import (
+    DeployError,
+    base_parser,
+    deploy_or_fail,
+    pyplot,
+    scratch_dir,
+    setup,
+    stop_ray,
+    summary,
+    write_result,
+)
 
 TEXT = "red disc"
 STATE_SIZE = (48, 64)  # (h, w) of the synthetic frames of the state measurement
@@ -771,16 +780,14 @@ def main() -> None:
     full = args.model == "full-random"
     if full and not torch.cuda.is_available():
         print("warning: --model full-random on CPU is very slow (minutes per frame step batch)", file=sys.stderr)
-    scratch: list[str] = []  # checkpoints built here, removed at the end (a full-random one is ~3.4 GB)
-    if args.model_dir is None:
-        scratch.append(tempfile.mkdtemp(prefix="bench-video-ckpt-"))
-        args.model_dir = str(build_tiny_checkpoint(scratch[-1], full_size=full, object_score_bias=10.0))
+    if args.model_dir is None:  # removed at exit (a full-random one is ~3.4 GB)
+        args.model_dir = str(build_tiny_checkpoint(scratch_dir("bench-video-ckpt-"), full_size=full,
+                                                   object_score_bias=10.0))
     video_dir = args.model_dir
     _, cuda, header = setup(args)
     import ray
 
-    header.update(transformers=transformers.__version__, ray=ray.__version__, python=platform.python_version(),
-                  machine=f"{platform.node()} {platform.platform()}, {os.cpu_count()} CPUs",
+    header.update(transformers=transformers.__version__, ray=ray.__version__,
                   video_model="video checkpoint with tracker object-score bias +10; detection thresholds 0, "
                               "hotstart_delay 0, max_num_objects = max(--objects)")
     result: dict[str, Any] = {**header, "frames": args.frames, "size": f"{args.width}x{args.height}",
@@ -796,8 +803,7 @@ def main() -> None:
         if not args.skip_served:
             concept_dir = video_dir
             if full:  # the concept/click replicas are not measured here: a tiny model on CPU
-                scratch.append(tempfile.mkdtemp(prefix="bench-ckpt-"))
-                concept_dir = str(build_tiny_checkpoint(scratch[-1]))
+                concept_dir = str(build_tiny_checkpoint(scratch_dir("bench-ckpt-")))
             served = Served(video_dir, concept_dir, args, cuda)
             try:
                 result["served"] = served.run()
@@ -806,9 +812,6 @@ def main() -> None:
     except BenchError as exc:
         print(f"bench_video: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    finally:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
     result["wall_s"] = time.monotonic() - t_start
     result["loadavg_end"] = os.getloadavg()
     print(f"total {result['wall_s']:.0f} s", flush=True)
