@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,32 +195,9 @@ class Noisy:
 
 
 def quiet_series(url: str, keys: dict[str, str], n: int, payload: Payload, timeout: float) -> dict[str, dict]:
-    """n sequential requests per key of `keys` {label: key}, interleaved (a, b, a, b, ...): per label
+    """n sequential POSTs of `payload` per key of `keys` {label: key}, interleaved (a, b, a, b, ...): per label
     {"ms": latency of each request (None where it was not a 200), "counts": outcomes}."""
-    import requests
-
-    sessions = {}
-    for label, key in keys.items():
-        sessions[label] = requests.Session()
-        sessions[label].headers.update(auth_headers(key))
-    out: dict[str, dict] = {label: {"ms": [], "counts": Counter()} for label in keys}
-    try:
-        for _ in range(n):
-            for label in keys:
-                t = time.perf_counter()
-                try:
-                    r = payload.post(sessions[label], url, timeout)
-                except requests.RequestException as exc:  # counted, not fatal: the table shows it
-                    out[label]["counts"][f"error {type(exc).__name__}"] += 1
-                    out[label]["ms"].append(None)
-                    continue
-                ms = (time.perf_counter() - t) * 1e3
-                out[label]["counts"][outcome(r)[0]] += 1
-                out[label]["ms"].append(ms if r.status_code == 200 else None)
-    finally:
-        for s in sessions.values():
-            s.close()
-    return out
+    return _interleaved(keys, n, lambda s: payload.post(s, url, timeout), 200, lambda r: outcome(r)[0])
 
 
 CHEAP_PATH = "/v1/bench-tenants/no-such-route"  # authenticated, passes the quota middleware, then a 404
@@ -228,6 +206,15 @@ CHEAP_PATH = "/v1/bench-tenants/no-such-route"  # authenticated, passes the quot
 def cheap_series(base: str, keys: dict[str, str], n: int, timeout: float) -> dict[str, dict]:
     """Like quiet_series with GET CHEAP_PATH (no model work, no storage: auth + the quota check + a 404): every
     answer's latency counts when it is the expected 404."""
+    return _interleaved(keys, n, lambda s: s.get(base + CHEAP_PATH, timeout=(10, timeout)), 404,
+                        lambda r: str(r.status_code))
+
+
+def _interleaved(keys: dict[str, str], n: int, send: Callable[[Any], Any], expected: int,
+                 label_of: Callable[[Any], str]) -> dict[str, dict]:
+    """n rounds of `send(session)` for each key in turn (one requests.Session per key, its auth headers set):
+    per label {"ms": each latency (None unless the status was `expected`), "counts": label_of(response) or
+    "error <exception>" for a transport error (counted, not fatal: the table shows it)}."""
     import requests
 
     sessions = {label: requests.Session() for label in keys}
@@ -238,10 +225,15 @@ def cheap_series(base: str, keys: dict[str, str], n: int, timeout: float) -> dic
         for _ in range(n):
             for label in keys:
                 t = time.perf_counter()
-                r = sessions[label].get(base + CHEAP_PATH, timeout=(10, timeout))
+                try:
+                    r = send(sessions[label])
+                except requests.RequestException as exc:
+                    out[label]["counts"][f"error {type(exc).__name__}"] += 1
+                    out[label]["ms"].append(None)
+                    continue
                 ms = (time.perf_counter() - t) * 1e3
-                out[label]["counts"][str(r.status_code)] += 1
-                out[label]["ms"].append(ms if r.status_code == 404 else None)
+                out[label]["counts"][label_of(r)] += 1
+                out[label]["ms"].append(ms if r.status_code == expected else None)
     finally:
         for s in sessions.values():
             s.close()
